@@ -1,0 +1,142 @@
+"""The contract every KV cache layout honours, so that the model never changes when a layout is added.
+
+One forward step of a batch goes:
+
+    step = cache.begin_step(seq_ids, num_new_tokens)   # positions, lengths; a layout may allocate here
+    for each layer:
+        cache.write(layer, k, v)        # store the new tokens' K/V wherever the layout keeps them
+        out = cache.attend(layer, q)    # attention of the new queries over everything cached for their sequence
+    cache.end_step()                    # the new tokens now count as cached
+
+Tensors in a step are right-padded: [B, T, heads, head_dim] with T = the most new tokens of any sequence
+and `q_lens[b]` of them real. A layout that cannot do something raises a clear error.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..model.config import LlamaConfig
+
+
+@dataclass
+class Step:
+    seq_ids: list[int]
+    q_lens: torch.Tensor  # [B] int64, new tokens per sequence (≥ 1)
+    positions: torch.Tensor  # [B, T] int64, absolute position of each new token (padding continues the count)
+    kv_lens: torch.Tensor  # [B] int64, tokens each sequence attends over once this step is written
+    valid: torch.Tensor  # [B, T] bool, True for real (not padding) tokens
+
+    @property
+    def batch(self) -> int:
+        return len(self.seq_ids)
+
+    @property
+    def new_len(self) -> int:
+        return self.positions.shape[1]
+
+
+class KVCache:
+    """Base class: sequence bookkeeping shared by all layouts. Subclasses store and read K/V."""
+
+    name = "base"
+
+    def __init__(self, config: LlamaConfig, device: torch.device, dtype: torch.dtype):
+        self.config = config
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.lengths: dict[int, int] = {}  # seq_id -> tokens cached
+        self.current_step: Step | None = None
+
+    # --- sequences -------------------------------------------------------------------------------
+    def add_sequence(self, seq_id: int, max_tokens: int) -> None:
+        """Start tracking a sequence that will hold at most `max_tokens` tokens."""
+        if seq_id in self.lengths:
+            raise ValueError(f"sequence {seq_id} is already in the cache")
+        self._reserve(seq_id, max_tokens)
+        self.lengths[seq_id] = 0
+
+    def free_sequence(self, seq_id: int) -> None:
+        if seq_id not in self.lengths:
+            raise KeyError(f"sequence {seq_id} is not in the cache")
+        self._release(seq_id)
+        del self.lengths[seq_id]
+
+    def num_cached(self, seq_id: int) -> int:
+        """Tokens of this sequence whose K/V the cache holds (the engine feeds only the rest)."""
+        return self.lengths[seq_id]
+
+    # --- one step --------------------------------------------------------------------------------
+    def begin_step(self, seq_ids: list[int], num_new: list[int]) -> Step:
+        assert self.current_step is None, "end_step() was not called after the previous step"
+        if len(seq_ids) != len(num_new) or not seq_ids:
+            raise ValueError(f"need one new-token count per sequence, got {len(seq_ids)} ids and {len(num_new)} counts")
+        for seq_id, count in zip(seq_ids, num_new):
+            if seq_id not in self.lengths:
+                raise KeyError(f"sequence {seq_id} is not in the cache")
+            if count < 1:
+                raise ValueError(f"sequence {seq_id}: each step needs at least one new token, got {count}")
+        cached = torch.tensor([self.lengths[s] for s in seq_ids], dtype=torch.int64)
+        q_lens = torch.tensor(num_new, dtype=torch.int64)
+        offsets = torch.arange(max(num_new), dtype=torch.int64)
+        step = Step(
+            seq_ids=list(seq_ids),
+            q_lens=q_lens.to(self.device),
+            positions=(cached[:, None] + offsets[None, :]).to(self.device),
+            kv_lens=(cached + q_lens).to(self.device),
+            valid=(offsets[None, :] < q_lens[:, None]).to(self.device),
+        )
+        self._prepare(step)  # may raise (e.g. out of memory) before anything changes
+        self.current_step = step
+        return step
+
+    def end_step(self) -> None:
+        step = self.current_step
+        assert step is not None, "end_step() without begin_step()"
+        self._commit(step)
+        self.current_step = None
+
+    def abort_step(self) -> None:
+        """Forget a step that failed part-way (nothing counted as cached)."""
+        self.current_step = None
+
+    # --- what a layout implements ------------------------------------------------------------------
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """k, v: [B, T, kv_heads, head_dim] of the current step's new tokens."""
+        raise NotImplementedError
+
+    def attend(self, layer: int, q: torch.Tensor) -> torch.Tensor:
+        """q: [B, T, heads, head_dim] → attention output [B, T, heads, head_dim]."""
+        raise NotImplementedError
+
+    def _reserve(self, seq_id: int, max_tokens: int) -> None:
+        pass
+
+    def _release(self, seq_id: int) -> None:
+        pass
+
+    def _prepare(self, step: Step) -> None:
+        pass
+
+    def _commit(self, step: Step) -> None:
+        for seq_id, count in zip(step.seq_ids, step.q_lens.tolist()):
+            self.lengths[seq_id] += count
+
+    # --- what a figure or a benchmark may read -----------------------------------------------------
+    def bytes_per_token(self) -> int:
+        """K and V of one token over all layers, in this cache's dtype."""
+        cfg = self.config
+        return 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * torch.finfo(self.dtype).bits // 8
+
+    def reserved_bytes(self) -> int:
+        """Memory the layout holds for K/V right now."""
+        return 0
+
+    def used_bytes(self) -> int:
+        """Memory actually holding cached tokens."""
+        return sum(self.lengths.values()) * self.bytes_per_token()
+
+    def kv_bytes_read(self, step: Step) -> int:
+        """K/V bytes the attention of `step` reads, over all layers."""
+        return 0

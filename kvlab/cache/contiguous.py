@@ -1,0 +1,66 @@
+"""The "contiguous" layout: per layer, one slab [max_batch, max_len, kv_heads, head_dim] for K and for V,
+reserved up front. A sequence owns one row of max_len slots, used or not: simple, fast to index,
+and wasteful — the waste the paged layout removes.
+"""
+from __future__ import annotations
+
+from collections import deque
+
+import torch
+
+from .attention import attend_reference
+from .base import KVCache, Step
+
+
+class ContiguousCache(KVCache):
+    name = "contiguous"
+
+    def __init__(self, config, device, dtype, max_batch: int, max_len: int):
+        super().__init__(config, device, dtype)
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be ≥ 1, got {max_batch}")
+        if not 1 <= max_len <= config.context_len:
+            raise ValueError(f"max_len must be in 1..{config.context_len}, got {max_len}")
+        self.max_batch, self.max_len = max_batch, max_len
+        shape = (max_batch, max_len, config.num_kv_heads, config.head_dim)
+        self.k = [torch.zeros(shape, device=self.device, dtype=dtype) for _ in range(config.num_layers)]
+        self.v = [torch.zeros(shape, device=self.device, dtype=dtype) for _ in range(config.num_layers)]
+        self.row_of: dict[int, int] = {}  # seq_id -> slab row
+        self.free_rows: deque[int] = deque(range(max_batch))
+        self._rows: torch.Tensor | None = None  # [B] slab rows of the current step
+
+    def _reserve(self, seq_id: int, max_tokens: int) -> None:
+        if max_tokens > self.max_len:
+            raise ValueError(f"sequence {seq_id} needs {max_tokens} tokens, more than max_len={self.max_len}")
+        if not self.free_rows:
+            raise ValueError(f"all {self.max_batch} rows of the contiguous cache are in use")
+        self.row_of[seq_id] = self.free_rows.popleft()
+
+    def _release(self, seq_id: int) -> None:
+        self.free_rows.append(self.row_of.pop(seq_id))
+
+    def _prepare(self, step: Step) -> None:
+        too_long = [(s, int(n)) for s, n in zip(step.seq_ids, step.kv_lens.tolist()) if n > self.max_len]
+        if too_long:
+            raise ValueError(f"sequence {too_long[0][0]} would hold {too_long[0][1]} tokens, over max_len={self.max_len}")
+        self._rows = torch.tensor([self.row_of[s] for s in step.seq_ids], device=self.device)
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        step = self.current_step
+        rows = self._rows[:, None].expand_as(step.positions)  # [B, T]
+        rows, cols = rows[step.valid], step.positions[step.valid]  # [N] real tokens only
+        self.k[layer][rows, cols] = k[step.valid]
+        self.v[layer][rows, cols] = v[step.valid]
+
+    def attend(self, layer: int, q: torch.Tensor) -> torch.Tensor:
+        step = self.current_step
+        span = int(step.kv_lens.max())
+        k = self.k[layer][self._rows, :span]  # [B, span, Hkv, D]
+        v = self.v[layer][self._rows, :span]
+        return attend_reference(q, k, v, step.positions, step.kv_lens)
+
+    def reserved_bytes(self) -> int:
+        return 2 * sum(t.numel() * t.element_size() for t in self.k)
+
+    def kv_bytes_read(self, step: Step) -> int:
+        return len(step.seq_ids) * int(step.kv_lens.max()) * self.bytes_per_token()

@@ -1,0 +1,131 @@
+"""The generation loop: prefill the prompts, then decode one token per sequence per step.
+
+Each step feeds every running sequence the tokens its cache does not hold yet — the whole prompt first,
+then one token; with cache="none" that is the whole sequence every time.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from ..cache import make_cache
+from .result import GenerationResult, GenerationStats
+from .sampling import check_sampling_args, sample_next
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def prepare_prompts(tokenizer, prompts, chat: bool, context_len: int) -> list[list[int]]:
+    """Text, a list of texts, or lists of token ids → token id lists (chat template applied on request)."""
+    if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+        prompts = [prompts]
+    if not prompts:
+        raise ValueError("prompts is empty")
+    token_lists = []
+    for index, prompt in enumerate(prompts):
+        if isinstance(prompt, str):
+            ids = tokenizer.encode(tokenizer.apply_chat_template(prompt) if chat else prompt)
+        else:
+            ids = [int(t) for t in prompt]
+        if not ids:
+            raise ValueError(f"prompt {index} is empty")
+        if len(ids) > context_len:
+            raise ValueError(f"prompt {index} has {len(ids)} tokens, longer than the model's context of {context_len}")
+        token_lists.append(ids)
+    return token_lists
+
+
+def generate(model, tokenizer, prompts, max_new_tokens: int = 64, cache: str = "contiguous",
+             temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None, chat: bool = False,
+             stop_at_eos: bool = True, stop_token_ids: list[int] | None = None, progress: bool = False,
+             **cache_options) -> GenerationResult:
+    """Generate up to `max_new_tokens` for each prompt through the named cache layout.
+
+    prompts: a string, a list of strings (a ragged batch), or token id lists. Greedy unless temperature > 0
+    (then top-p sampling, reproducible with `seed`). chat=True wraps each prompt in the model's chat template.
+    """
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    check_sampling_args(temperature, top_p)
+    cfg = model.config
+    prompt_ids = prepare_prompts(tokenizer, prompts, chat, cfg.context_len)
+    longest = max(len(p) for p in prompt_ids)
+    max_len = min(longest + max_new_tokens, cfg.context_len)
+    kv = make_cache(cache, cfg, model.device, model.dtype, max_batch=len(prompt_ids), max_len=max_len, **cache_options)
+    stops = set(stop_token_ids if stop_token_ids is not None else [tokenizer.eos_token_id]) if stop_at_eos else set()
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+
+    sequences = [list(p) for p in prompt_ids]  # prompt + generated, per sequence
+    for seq_id, ids in enumerate(prompt_ids):
+        kv.add_sequence(seq_id, min(len(ids) + max_new_tokens, cfg.context_len))
+    running = list(range(len(prompt_ids)))
+    finish = ["length"] * len(prompt_ids)
+    stats = GenerationStats(cache=kv.name, device=str(model.device), batch=len(prompt_ids),
+                            prompt_tokens=sum(map(len, prompt_ids)), new_tokens=0, ttft_s=0.0, decode_s=0.0,
+                            decode_tokens=0, weight_bytes_per_step=model.weight_bytes())
+    bar = _progress_bar(max_new_tokens, progress)
+    start = time.perf_counter()
+    for step_index in range(max_new_tokens):
+        step_start = time.perf_counter()
+        next_ids = _forward_step(model, kv, sequences, running)
+        next_ids = sample_next(next_ids, temperature, top_p, generator).tolist()
+        _sync(model.device)
+        elapsed = time.perf_counter() - step_start
+        if step_index == 0:
+            stats.ttft_s = time.perf_counter() - start
+        else:
+            stats.decode_s += elapsed
+            stats.decode_tokens += len(running)
+            stats.step_times_s.append(elapsed)
+            stats.step_context_lens.append(max(len(sequences[s]) for s in running))
+            stats.kv_bytes_read_per_step.append(kv.last_kv_bytes_read)
+        for seq_id, token in zip(list(running), next_ids):
+            sequences[seq_id].append(token)
+            stats.new_tokens += 1
+            at_limit = len(sequences[seq_id]) >= cfg.context_len
+            if token in stops or at_limit:
+                finish[seq_id] = "eos" if token in stops else "length"
+                running.remove(seq_id)
+                kv.free_sequence(seq_id)
+        if bar is not None:
+            bar.update(1)
+        if not running:
+            break
+    for seq_id in running:
+        kv.free_sequence(seq_id)
+    if bar is not None:
+        bar.close()
+
+    generated = [seq[len(prompt):] for seq, prompt in zip(sequences, prompt_ids)]
+    texts = [tokenizer.decode([t for t in ids if t not in stops]) for ids in generated]
+    return GenerationResult(prompt_ids, generated, texts, finish, stats)
+
+
+def _forward_step(model, kv, sequences: list[list[int]], running: list[int]) -> torch.Tensor:
+    """Feed each running sequence its uncached tokens; return next-token logits [B, vocab]."""
+    new_tokens = [sequences[s][kv.num_cached(s):] for s in running]
+    width = max(map(len, new_tokens))
+    input_ids = torch.zeros(len(running), width, dtype=torch.int64)
+    for row, tokens in enumerate(new_tokens):
+        input_ids[row, : len(tokens)] = torch.tensor(tokens)
+    step = kv.begin_step(running, [len(t) for t in new_tokens])
+    try:
+        logits = model.forward(input_ids.to(model.device), kv)
+    except BaseException:
+        kv.abort_step()
+        raise
+    kv.last_kv_bytes_read = kv.kv_bytes_read(step)
+    kv.end_step()
+    return logits
+
+
+def _progress_bar(total: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="generating", unit="step")

@@ -1,0 +1,110 @@
+"""A compact Llama forward pass whose attention reads and writes K/V only through a cache.
+
+embed → [RMSNorm → attention → residual → RMSNorm → SwiGLU MLP → residual] × L → RMSNorm → logits
+
+The model keeps no sequence state: the cache layout (kvlab.cache) owns every K/V tensor and decides
+how attention reads them. References: Touvron et al. 2023 (Llama), Su et al. 2021 (RoPE),
+Ainslie et al. 2023 (GQA).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .config import LlamaConfig
+
+
+@dataclass
+class LayerWeights:
+    attn_norm: torch.Tensor  # [hidden]
+    wqkv: torch.Tensor  # [(num_heads + 2 * num_kv_heads) * head_dim, hidden]  Q, K, V fused
+    wo: torch.Tensor  # [hidden, num_heads * head_dim]
+    ffn_norm: torch.Tensor  # [hidden]
+    w_gate_up: torch.Tensor  # [2 * ffn, hidden]  gate and up fused
+    w_down: torch.Tensor  # [hidden, ffn]
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    x32 = x.float()
+    normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * normed.to(x.dtype)
+
+
+def rope_tables(config: LlamaConfig, device, max_len: int | None = None):
+    """cos/sin for every position: two [max_len, head_dim] fp32 tables (HF rotate_half layout)."""
+    max_len = max_len or config.context_len
+    inv_freq = 1.0 / (config.rope_base ** (torch.arange(0, config.head_dim, 2, dtype=torch.float64) / config.head_dim))
+    angles = torch.outer(torch.arange(max_len, dtype=torch.float64), inv_freq)  # [max_len, head_dim/2]
+    angles = torch.cat([angles, angles], dim=-1)  # [max_len, head_dim]
+    return angles.cos().float().to(device), angles.sin().float().to(device)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: [B, T, H, D]; cos, sin: [B, T, 1, D]."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return (x.float() * cos + rotated.float() * sin).to(x.dtype)
+
+
+class LlamaModel:
+    def __init__(self, config: LlamaConfig, embed: torch.Tensor, layers: list[LayerWeights],
+                 final_norm: torch.Tensor, lm_head: torch.Tensor):
+        self.config = config
+        self.embed = embed  # [vocab, hidden]
+        self.layers = layers
+        self.final_norm = final_norm  # [hidden]
+        self.lm_head = lm_head  # [vocab, hidden] (the embedding itself when tied)
+        self.cos, self.sin = rope_tables(config, embed.device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed.dtype
+
+    def weight_bytes(self) -> int:
+        """Bytes of weights one forward pass reads (tied embedding counted once: the lm_head read)."""
+        tensors = [self.final_norm, self.lm_head]
+        for layer in self.layers:
+            tensors += [layer.attn_norm, layer.wqkv, layer.wo, layer.ffn_norm, layer.w_gate_up, layer.w_down]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    @torch.inference_mode()
+    def forward(self, input_ids: torch.Tensor, cache, last_index: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits for one step of a batch whose bookkeeping `cache.begin_step` already prepared.
+
+        input_ids: [B, T] (right-padded); last_index: [B] which position's logits to return
+        (default: the last valid token of each row). Returns logits [B, vocab] in float32.
+        """
+        cfg = self.config
+        step = cache.current_step
+        assert step is not None, "call cache.begin_step(...) before forward"
+        batch, new_len = input_ids.shape
+        assert step.positions.shape == (batch, new_len)
+        cos = self.cos[step.positions].unsqueeze(2)  # [B, T, 1, D]
+        sin = self.sin[step.positions].unsqueeze(2)
+        q_size, kv_size = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+
+        x = F.embedding(input_ids, self.embed)  # [B, T, hidden]
+        for index, layer in enumerate(self.layers):
+            h = rms_norm(x, layer.attn_norm, cfg.rms_eps)
+            qkv = F.linear(h, layer.wqkv)  # [B, T, q_size + 2 * kv_size]
+            q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
+            q = apply_rope(q.view(batch, new_len, cfg.num_heads, cfg.head_dim), cos, sin)  # [B, T, Hq, D]
+            k = apply_rope(k.view(batch, new_len, cfg.num_kv_heads, cfg.head_dim), cos, sin)  # [B, T, Hkv, D]
+            v = v.view(batch, new_len, cfg.num_kv_heads, cfg.head_dim)  # [B, T, Hkv, D]
+            cache.write(index, k, v)
+            attn = cache.attend(index, q)  # [B, T, Hq, D]
+            x = x + F.linear(attn.reshape(batch, new_len, q_size), layer.wo)
+            h = rms_norm(x, layer.ffn_norm, cfg.rms_eps)
+            gate, up = F.linear(h, layer.w_gate_up).chunk(2, dim=-1)  # [B, T, ffn] each
+            x = x + F.linear(F.silu(gate) * up, layer.w_down)
+
+        if last_index is None:
+            last_index = step.q_lens - 1
+        x_last = x[torch.arange(batch, device=x.device), last_index]  # [B, hidden]
+        return F.linear(rms_norm(x_last, self.final_norm, cfg.rms_eps), self.lm_head).float()  # [B, vocab]
