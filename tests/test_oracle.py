@@ -1,0 +1,123 @@
+"""kvlab against an outside oracle: HF transformers loading the same GGUF file in float32.
+
+Greedy tokens must be identical for every cache layout, batch 1 and ragged batches, and the
+last-position logits must agree to 1e-3 relative.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import kvlab
+from kvlab.cache import make_cache
+
+pytestmark = pytest.mark.oracle
+
+NEW_TOKENS = 32
+PROMPTS = [  # three lengths: 6, 19 and 53 tokens
+    "The history of the printing press",
+    "Once upon a time, in a small village by the sea, there lived an old fisherman who",
+    "Photosynthesis is the process by which green plants and some other organisms use sunlight to "
+    "synthesize foods from carbon dioxide and water. In plants, photosynthesis generally involves the "
+    "green pigment chlorophyll and generates oxygen as a by-product. The process happens in two stages. The first stage",
+]
+
+
+@pytest.fixture(scope="module")
+def hf_greedy(hf_oracle, tokenizer):
+    """HF's greedy continuation of each prompt, run alone (batch 1): the reference tokens."""
+    hf_model, _ = hf_oracle
+    references = []
+    for prompt in PROMPTS:
+        ids = torch.tensor([tokenizer.encode(prompt)])
+        with torch.no_grad():
+            out = hf_model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW_TOKENS,
+                                    do_sample=False, eos_token_id=tokenizer.eos_token_id,
+                                    pad_token_id=tokenizer.eos_token_id)
+        references.append(out[0, ids.shape[1]:].tolist())
+    return references
+
+
+def test_prompts_have_three_different_lengths(tokenizer):
+    lengths = [len(tokenizer.encode(p)) for p in PROMPTS]
+    assert len(set(lengths)) == 3 and min(lengths) >= 5 and max(lengths) >= 50
+
+
+def test_hf_reference_runs_the_full_32_tokens(hf_greedy):
+    assert all(len(tokens) == NEW_TOKENS for tokens in hf_greedy)
+
+
+def test_kvlab_tokenizer_matches_hf_tokenizer_on_digit_free_text(hf_oracle, tokenizer):
+    # transformers reads this file's tokenizer without the "smollm" rule that splits digits one by one;
+    # kvlab follows the file (and llama.cpp). Text without digits must tokenize identically.
+    _, hf_tokenizer = hf_oracle
+    texts = PROMPTS + ["<|im_start|>user\nHello there!<|im_end|>\n", "  spaces\tand\nnewlines, émigré café"]
+    for text in texts:
+        assert tokenizer.encode(text) == hf_tokenizer.encode(text, add_special_tokens=False)
+
+
+def test_kvlab_splits_digits_one_by_one_as_the_file_says(tokenizer):
+    digit_ids = [tokenizer.token_id(d) for d in "2024"]
+    assert tokenizer.encode("2024") == digit_ids
+
+
+@pytest.mark.parametrize("cache", ["none", "contiguous"])
+@pytest.mark.parametrize("prompt_index", range(len(PROMPTS)))
+def test_batch1_greedy_tokens_equal_hf(model, tokenizer, hf_greedy, cache, prompt_index):
+    result = kvlab.generate(model, tokenizer, PROMPTS[prompt_index], max_new_tokens=NEW_TOKENS, cache=cache)
+    assert result.token_ids[0] == hf_greedy[prompt_index]
+
+
+@pytest.mark.parametrize("cache", ["none", "contiguous"])
+def test_ragged_batch_greedy_tokens_equal_hf(model, tokenizer, hf_greedy, cache):
+    order = [2, 0, 1]  # longest first: padding and row order must not matter
+    result = kvlab.generate(model, tokenizer, [PROMPTS[i] for i in order], max_new_tokens=NEW_TOKENS, cache=cache)
+    assert result.token_ids == [hf_greedy[i] for i in order]
+
+
+def test_hf_left_padded_batch_agrees_with_kvlab_ragged_batch(model, tokenizer, hf_oracle):
+    hf_model, _ = hf_oracle
+    encoded = [tokenizer.encode(p) for p in PROMPTS]
+    width = max(map(len, encoded))
+    pad = tokenizer.eos_token_id
+    ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded])
+    mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded])
+    with torch.no_grad():
+        out = hf_model.generate(ids, attention_mask=mask, max_new_tokens=NEW_TOKENS, do_sample=False,
+                                eos_token_id=pad, pad_token_id=pad)
+    ours = kvlab.generate(model, tokenizer, PROMPTS, max_new_tokens=NEW_TOKENS, cache="contiguous")
+    assert [row[width:].tolist() for row in out] == ours.token_ids
+
+
+@pytest.mark.parametrize("cache", ["none", "contiguous"])
+@pytest.mark.parametrize("prompt_index", range(len(PROMPTS)))
+def test_last_position_logits_agree_with_hf(model, tokenizer, hf_oracle, cache, prompt_index):
+    hf_model, _ = hf_oracle
+    ids = tokenizer.encode(PROMPTS[prompt_index])
+    with torch.no_grad():
+        reference = hf_model(torch.tensor([ids])).logits[0, -1].float()  # [vocab]
+    kv = make_cache(cache, model.config, model.device, model.dtype, max_batch=1, max_len=len(ids))
+    kv.add_sequence(0, len(ids))
+    kv.begin_step([0], [len(ids)])
+    ours = model.forward(torch.tensor([ids]), kv)[0]  # [vocab]
+    kv.end_step()
+    relative = (ours - reference).abs().max() / reference.abs().max()
+    assert relative < 1e-3, f"max relative difference {relative:.2e}"
+
+
+def test_cached_keys_equal_hf_past_key_values(model, tokenizer, hf_oracle):
+    """The K/V kvlab's contiguous cache holds are the ones transformers caches (same head layout)."""
+    hf_model, _ = hf_oracle
+    ids = tokenizer.encode(PROMPTS[1])
+    with torch.no_grad():
+        past = hf_model(torch.tensor([ids]), use_cache=True).past_key_values
+    kv = make_cache("contiguous", model.config, model.device, model.dtype, max_batch=1, max_len=len(ids))
+    kv.add_sequence(0, len(ids))
+    kv.begin_step([0], [len(ids)])
+    model.forward(torch.tensor([ids]), kv)
+    kv.end_step()
+    for layer in (0, model.config.num_layers - 1):
+        hf_k = past.layers[layer].keys[0].transpose(0, 1)  # [heads, T, D] → [T, heads, D]
+        hf_v = past.layers[layer].values[0].transpose(0, 1)
+        torch.testing.assert_close(kv.k[layer][0, : len(ids)], hf_k, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(kv.v[layer][0, : len(ids)], hf_v, rtol=1e-4, atol=1e-4)
