@@ -1,0 +1,7 @@
+"""Measurements: timers, the device's measured copy bandwidth, and the lab's benchmarks."""
+from .recompute import CacheVsRecompute, measure_cache_vs_recompute
+from .roofs import CopyBandwidth, device_label, measure_copy_bandwidth
+from .timers import median_seconds
+
+__all__ = ["median_seconds", "CopyBandwidth", "measure_copy_bandwidth", "device_label",
+           "CacheVsRecompute", "measure_cache_vs_recompute"]

@@ -19,7 +19,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def prepare_prompts(tokenizer, prompts, chat: bool, context_len: int) -> list[list[int]]:
+def prepare_prompts(tokenizer, prompts, chat: bool, context_len: int, vocab_size: int) -> list[list[int]]:
     """Text, a list of texts, or lists of token ids → token id lists (chat template applied on request)."""
     if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
         prompts = [prompts]
@@ -31,6 +31,9 @@ def prepare_prompts(tokenizer, prompts, chat: bool, context_len: int) -> list[li
             ids = tokenizer.encode(tokenizer.apply_chat_template(prompt) if chat else prompt)
         else:
             ids = [int(t) for t in prompt]
+            bad = [t for t in ids if not 0 <= t < vocab_size]
+            if bad:
+                raise ValueError(f"prompt {index} has token id {bad[0]}, outside the vocabulary 0..{vocab_size - 1}")
         if not ids:
             raise ValueError(f"prompt {index} is empty")
         if len(ids) > context_len:
@@ -48,11 +51,11 @@ def generate(model, tokenizer, prompts, max_new_tokens: int = 64, cache: str = "
     prompts: a string, a list of strings (a ragged batch), or token id lists. Greedy unless temperature > 0
     (then top-p sampling, reproducible with `seed`). chat=True wraps each prompt in the model's chat template.
     """
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
     check_sampling_args(temperature, top_p)
     cfg = model.config
-    prompt_ids = prepare_prompts(tokenizer, prompts, chat, cfg.context_len)
+    prompt_ids = prepare_prompts(tokenizer, prompts, chat, cfg.context_len, cfg.vocab_size)
     longest = max(len(p) for p in prompt_ids)
     max_len = min(longest + max_new_tokens, cfg.context_len)
     kv = make_cache(cache, cfg, model.device, model.dtype, max_batch=len(prompt_ids), max_len=max_len, **cache_options)

@@ -1,0 +1,6 @@
+"""The visual layer: figures and widgets that read public state and measured results. Nothing in the
+mechanism (model, caches, engine) imports this package."""
+from .banner import mode_banner
+from .figures import kv_memory_figure, presets_figure, speedup_figure, step_time_figure
+
+__all__ = ["mode_banner", "kv_memory_figure", "presets_figure", "speedup_figure", "step_time_figure"]
