@@ -95,6 +95,7 @@ def load_model(path: str | os.PathLike | None = None, device: str | torch.device
     dtype = dtype or default_dtype(device)
     cache_path = _cache_path(gguf_path)
     source = "gguf"
+    writer = None
     if use_cache and cache_path.is_file():
         blob = torch.load(cache_path, mmap=True, weights_only=True)
         config = LlamaConfig(**blob["config"])
@@ -104,10 +105,12 @@ def load_model(path: str | os.PathLike | None = None, device: str | torch.device
     else:
         config, tokenizer, weights = _read_gguf(gguf_path)
         if use_cache:  # written in the background: the model is usable at once
-            threading.Thread(target=_write_cache, args=(cache_path, config, tokenizer, weights), daemon=False).start()
+            writer = threading.Thread(target=_write_cache, args=(cache_path, config, tokenizer, weights), daemon=False)
+            writer.start()
     model = _build(config, weights, device, dtype)
     model.load_seconds = time.perf_counter() - start
     model.load_source = source
+    model.cache_writer = writer  # the background thread writing the weights cache, or None
     if verbose:
         print(f"loaded {config.name} from {source} in {model.load_seconds:.1f} s on {device} ({dtype})")
     return model, tokenizer
