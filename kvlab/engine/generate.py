@@ -74,8 +74,8 @@ def generate(model, tokenizer, prompts, max_new_tokens: int = 64, cache: str = "
     start = time.perf_counter()
     for step_index in range(max_new_tokens):
         step_start = time.perf_counter()
-        next_ids = _forward_step(model, kv, sequences, running)
-        next_ids = sample_next(next_ids, temperature, top_p, generator).tolist()
+        logits, kv_bytes_read = _forward_step(model, kv, sequences, running)
+        next_ids = sample_next(logits, temperature, top_p, generator).tolist()
         _sync(model.device)
         elapsed = time.perf_counter() - step_start
         if step_index == 0:
@@ -85,7 +85,7 @@ def generate(model, tokenizer, prompts, max_new_tokens: int = 64, cache: str = "
             stats.decode_tokens += len(running)
             stats.step_times_s.append(elapsed)
             stats.step_context_lens.append(max(len(sequences[s]) for s in running))
-            stats.kv_bytes_read_per_step.append(kv.last_kv_bytes_read)
+            stats.kv_bytes_read_per_step.append(kv_bytes_read)
         for seq_id, token in zip(list(running), next_ids):
             sequences[seq_id].append(token)
             stats.new_tokens += 1
@@ -108,8 +108,8 @@ def generate(model, tokenizer, prompts, max_new_tokens: int = 64, cache: str = "
     return GenerationResult(prompt_ids, generated, texts, finish, stats)
 
 
-def _forward_step(model, kv, sequences: list[list[int]], running: list[int]) -> torch.Tensor:
-    """Feed each running sequence its uncached tokens; return next-token logits [B, vocab]."""
+def _forward_step(model, kv, sequences: list[list[int]], running: list[int]) -> tuple[torch.Tensor, int]:
+    """Feed each running sequence its uncached tokens → (next-token logits [B, vocab], K/V bytes attention read)."""
     new_tokens = [sequences[s][kv.num_cached(s):] for s in running]
     width = max(map(len, new_tokens))
     input_ids = torch.zeros(len(running), width, dtype=torch.int64)
@@ -121,9 +121,9 @@ def _forward_step(model, kv, sequences: list[list[int]], running: list[int]) -> 
     except BaseException:
         kv.abort_step()
         raise
-    kv.last_kv_bytes_read = kv.kv_bytes_read(step)
+    kv_bytes_read = kv.kv_bytes_read(step)
     kv.end_step()
-    return logits
+    return logits, kv_bytes_read
 
 
 def _progress_bar(total: int, enabled: bool):

@@ -1,0 +1,53 @@
+"""python -m kvlab.bench COMMAND — the lab's benchmarks from the command line.
+
+  versus-hf   kvlab batch-1 decode tokens/s vs HF transformers generate (CPU or GPU)
+  load        cold (GGUF) and warm (cached) model load times
+  copy        measured copy bandwidth of the device
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+
+import torch
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m kvlab.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["versus-hf", "load", "copy"])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--tokens", type=int, default=64, help="new tokens per generation (versus-hf)")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--prompt", default="The history of the printing press")
+    args = parser.parse_args(argv)
+
+    import kvlab
+    from .roofs import device_label, measure_copy_bandwidth
+
+    report: dict = {"device": device_label(args.device), "date": time.strftime("%Y-%m-%d")}
+    if args.command == "copy":
+        bw = measure_copy_bandwidth(args.device)
+        report.update(copy_gb_s=bw.gb_per_s, bytes_moved=bw.bytes_moved)
+    elif args.command == "load":
+        with tempfile.TemporaryDirectory() as cache_dir:
+            os.environ["KVLAB_CACHE_DIR"] = cache_dir
+            cold, _ = kvlab.load_model(device=args.device)
+            cold.cache_writer.join()
+            warm, _ = kvlab.load_model(device=args.device)
+        report.update(cold_load_s=cold.load_seconds, warm_load_s=warm.load_seconds)
+    else:
+        from .versus_hf import compare_with_hf
+
+        if args.device != "cpu":
+            parser.error("versus-hf compares float32 on the CPU")
+        model, tokenizer = kvlab.load_model(device="cpu")
+        report.update(compare_with_hf(model, tokenizer, args.prompt, args.tokens, args.runs))
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
