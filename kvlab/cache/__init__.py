@@ -1,9 +1,11 @@
 """KV cache layouts. Each one owns where K/V live and how attention reads them (see base.KVCache)."""
 from .base import KVCache, Step
 from .contiguous import ContiguousCache
+from .block_allocator import BlockAllocator, PoolExhausted, blocks_for
 from .none import NoCache
+from .paged import PagedCache
 
-CACHE_LAYOUTS = ("none", "contiguous")
+CACHE_LAYOUTS = ("none", "contiguous", "paged")
 
 
 def make_cache(name: str, config, device, dtype, max_batch: int, max_len: int, **options) -> KVCache:
@@ -12,7 +14,12 @@ def make_cache(name: str, config, device, dtype, max_batch: int, max_len: int, *
         return NoCache(config, device, dtype, **options)
     if name == "contiguous":
         return ContiguousCache(config, device, dtype, max_batch=max_batch, max_len=max_len, **options)
+    if name == "paged":
+        block_size = options.pop("block_size", 16)
+        num_blocks = options.pop("num_blocks", None) or max_batch * blocks_for(max_len, block_size)
+        return PagedCache(config, device, dtype, num_blocks=num_blocks, block_size=block_size, **options)
     raise ValueError(f"unknown cache {name!r}; choose one of {', '.join(CACHE_LAYOUTS)}")
 
 
-__all__ = ["KVCache", "Step", "NoCache", "ContiguousCache", "CACHE_LAYOUTS", "make_cache"]
+__all__ = ["KVCache", "Step", "NoCache", "ContiguousCache", "PagedCache", "BlockAllocator", "PoolExhausted",
+           "blocks_for", "CACHE_LAYOUTS", "make_cache"]

@@ -1,0 +1,134 @@
+"""The "paged" layout (PagedAttention, Kwon et al. 2023): K/V live in fixed-size physical blocks.
+
+Per layer one pool for K and one for V, `[num_blocks, block_size, kv_heads, head_dim]`. Each sequence has a
+block table: logical block j (its tokens j·bs … j·bs+bs-1) → physical block id. A sequence gets a new block
+only when it crosses a block boundary and returns all of them when it finishes, so the only waste is the
+unfilled tail of each sequence's last block.
+
+Two attention paths, named by `backend`:
+* "triton" — the kernels of kvlab.kernels: store through a slot mapping, GQA-native paged decode (split-K
+  when the batch cannot fill the device). Compiled on CUDA; under Triton's interpreter on a CPU (slow:
+  for small runs, tests and demos).
+* "torch" — a plain-torch reference: scatter by slot, gather each sequence's blocks, attend. The fast path
+  for whole generations on a CPU.
+Prefill (several new tokens per sequence) uses torch attention over the gathered blocks on both paths.
+"""
+from __future__ import annotations
+
+import torch
+
+from .attention import attend_reference
+from .base import KVCache, Step
+from .block_allocator import BlockAllocator, blocks_for
+
+BACKENDS = ("torch", "triton")
+
+
+class PagedCache(KVCache):
+    name = "paged"
+
+    def __init__(self, config, device, dtype, num_blocks: int, block_size: int = 16, backend: str | None = None):
+        super().__init__(config, device, dtype)
+        self.allocator = BlockAllocator(num_blocks, block_size)  # validates both numbers
+        self.block_size = block_size
+        backend = backend or ("triton" if self.device.type == "cuda" else "torch")
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown paged backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        self.backend = backend
+        shape = (num_blocks, block_size, config.num_kv_heads, config.head_dim)
+        self.k_pools = [torch.zeros(shape, device=self.device, dtype=dtype) for _ in range(config.num_layers)]
+        self.v_pools = [torch.zeros(shape, device=self.device, dtype=dtype) for _ in range(config.num_layers)]
+        self.block_tables: dict[int, list[int]] = {}  # seq_id -> physical block ids, in logical order
+        self._slots: torch.Tensor | None = None  # [B, T] int64 slot of each new token, -1 for padding
+        self._table: torch.Tensor | None = None  # [B, max_blocks] int32 block tables of the current step
+
+    # --- sequences ---------------------------------------------------------------------------------
+    def _reserve(self, seq_id: int, max_tokens: int) -> None:
+        needed = blocks_for(max_tokens, self.block_size)
+        if needed > self.allocator.num_blocks:
+            raise ValueError(f"sequence {seq_id} may need {needed} blocks for {max_tokens} tokens; "
+                             f"the pool has only {self.allocator.num_blocks}")
+        self.block_tables[seq_id] = []  # blocks come on demand, in _prepare
+
+    def _release(self, seq_id: int) -> None:
+        for block in self.block_tables.pop(seq_id):
+            self.allocator.release(block)
+
+    def fork(self, parent: int, child: int) -> None:
+        """`child` starts as a copy of `parent`: full blocks are shared (reference count + 1), the partly
+        filled last block is copied at once, since both sequences will write into it."""
+        if child in self.lengths:
+            raise ValueError(f"sequence {child} is already in the cache")
+        table, length = self.block_tables[parent], self.lengths[parent]
+        partial = length % self.block_size != 0
+        fresh = self.allocator.allocate(1) if partial else []  # may raise PoolExhausted: nothing changed yet
+        shared = table[:-1] if partial else list(table)
+        for block in shared:
+            self.allocator.share(block)
+        if partial:
+            for pools in (self.k_pools, self.v_pools):
+                for pool in pools:
+                    pool[fresh[0]] = pool[table[-1]]
+        self.block_tables[child] = shared + fresh
+        self.lengths[child] = length
+
+    # --- one step ------------------------------------------------------------------------------------
+    def _prepare(self, step: Step) -> None:
+        kv_lens = step.kv_lens.tolist()
+        missing = [blocks_for(n, self.block_size) - len(self.block_tables[s]) for s, n in zip(step.seq_ids, kv_lens)]
+        fresh = iter(self.allocator.allocate(sum(max(0, m) for m in missing)))  # all or nothing (PoolExhausted)
+        for seq_id, count in zip(step.seq_ids, missing):
+            self.block_tables[seq_id] += [next(fresh) for _ in range(max(0, count))]
+        width = max(len(self.block_tables[s]) for s in step.seq_ids)
+        rows = [self.block_tables[s] + [0] * (width - len(self.block_tables[s])) for s in step.seq_ids]
+        self._table = torch.tensor(rows, dtype=torch.int32, device=self.device)  # [B, max_blocks]
+        logical = torch.div(step.positions, self.block_size, rounding_mode="floor")  # [B, T]
+        physical = self._table.long().gather(1, logical.clamp(max=width - 1))  # [B, T]
+        slots = physical * self.block_size + step.positions % self.block_size
+        self._slots = torch.where(step.valid, slots, torch.full_like(slots, -1))
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        kv_heads, head_dim = k.shape[-2:]
+        if self.backend == "triton":
+            from kvlab.kernels import store_kv
+
+            store_kv(k.reshape(-1, kv_heads, head_dim), v.reshape(-1, kv_heads, head_dim),
+                     self.k_pools[layer], self.v_pools[layer], self._slots.reshape(-1))
+            return
+        step = self.current_step
+        slots = self._slots[step.valid]  # [N] real tokens only
+        self.k_pools[layer].view(-1, kv_heads, head_dim)[slots] = k[step.valid]
+        self.v_pools[layer].view(-1, kv_heads, head_dim)[slots] = v[step.valid]
+
+    def attend(self, layer: int, q: torch.Tensor) -> torch.Tensor:
+        step = self.current_step
+        if self.backend == "triton" and step.new_len == 1:
+            from kvlab.kernels import paged_decode_attention
+
+            out = paged_decode_attention(q[:, 0], self.k_pools[layer], self.v_pools[layer], self._table,
+                                         step.kv_lens.to(torch.int32), check=False)  # [B, Hq, D]
+            return out.unsqueeze(1)
+        k, v = self.gather(layer)
+        return attend_reference(q, k, v, step.positions, step.kv_lens)
+
+    def gather(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each sequence's K and V in logical order: two [B, max_blocks · block_size, kv_heads, head_dim]."""
+        batch, width = self._table.shape
+        k = self.k_pools[layer][self._table.long()]  # [B, max_blocks, block_size, Hkv, D]
+        v = self.v_pools[layer][self._table.long()]
+        return k.reshape(batch, width * self.block_size, *k.shape[3:]), v.reshape(batch, width * self.block_size, *v.shape[3:])
+
+    # --- public state for figures and benchmarks ----------------------------------------------------------
+    def block_bytes(self) -> int:
+        """K and V of one block over all layers."""
+        return self.block_size * self.bytes_per_token()
+
+    def pool_bytes(self) -> int:
+        return self.allocator.num_blocks * self.block_bytes()
+
+    def reserved_bytes(self) -> int:
+        """Blocks held by sequences (a block's unfilled tail included)."""
+        return self.allocator.num_used * self.block_bytes()
+
+    def kv_bytes_read(self, step: Step) -> int:
+        return int(step.kv_lens.sum()) * self.bytes_per_token()
