@@ -1,6 +1,31 @@
 """kvlab's Triton kernels, shipped inside the package as `kvlab.kernels`.
 
 Each kernel file holds the kernel, its plain-torch reference and the bytes it must move; its test lives in
-tests/ and its benchmark in kvlab.bench. Compiled on CUDA; on a CPU they run under Triton's interpreter
-(set TRITON_INTERPRET=1 before the kernels are imported). The paged-cache kernels arrive with the paged layout.
+tests/test_kernels.py and its benchmark in kvlab.bench. Compiled on CUDA; CPU tensors run under Triton's
+interpreter (each kernel is decorated twice, compiled and interpreted, and picks by the tensors' device).
+
+    store_kv                 scatter new tokens' K/V into pool slots                      store_kv.py
+    paged_decode_attention   one query per sequence, GQA-native, split-K                 paged_decode.py
+    paged_prefill_attention  a causal chunk of queries per sequence over its paged K/V   paged_prefill.py
 """
+import os
+
+import torch
+
+# `@triton.jit` decides at decoration time whether a kernel is compiled or interpreted, and a compiled kernel
+# cannot launch without a GPU ("0 active drivers"). On a machine without CUDA, switch the interpreter on for
+# the whole process before the kernel modules below are imported, so that kernels defined later (notebook
+# exercises) run too. An explicit TRITON_INTERPRET setting is left as it is.
+if not torch.cuda.is_available() and "TRITON_INTERPRET" not in os.environ:
+    os.environ["TRITON_INTERPRET"] = "1"
+
+from .paged_decode import (choose_num_splits, decode_bytes, paged_decode_attention,  # noqa: E402
+                           paged_decode_reference)
+from .paged_prefill import paged_prefill_attention, paged_prefill_reference  # noqa: E402
+from .store_kv import store_bytes, store_kv, store_kv_reference  # noqa: E402
+
+__all__ = [
+    "store_kv", "store_kv_reference", "store_bytes",
+    "paged_decode_attention", "paged_decode_reference", "choose_num_splits", "decode_bytes",
+    "paged_prefill_attention", "paged_prefill_reference",
+]

@@ -61,17 +61,18 @@ def test_kvlab_splits_digits_one_by_one_as_the_file_says(tokenizer):
     assert tokenizer.encode("2024") == digit_ids
 
 
-@pytest.mark.parametrize("cache", ["none", "contiguous"])
+@pytest.mark.parametrize("cache", ["none", "contiguous", "paged"])
 @pytest.mark.parametrize("prompt_index", range(len(PROMPTS)))
 def test_batch1_greedy_tokens_equal_hf(model, tokenizer, hf_greedy, cache, prompt_index):
     result = kvlab.generate(model, tokenizer, PROMPTS[prompt_index], max_new_tokens=NEW_TOKENS, cache=cache)
     assert result.token_ids[0] == hf_greedy[prompt_index]
 
 
-@pytest.mark.parametrize("cache", ["none", "contiguous"])
-def test_ragged_batch_greedy_tokens_equal_hf(model, tokenizer, hf_greedy, cache):
+@pytest.mark.parametrize("cache, options", [("none", {}), ("contiguous", {}), ("paged", {"block_size": 1}),
+                                            ("paged", {"block_size": 16}), ("paged", {"block_size": 64})])
+def test_ragged_batch_greedy_tokens_equal_hf(model, tokenizer, hf_greedy, cache, options):
     order = [2, 0, 1]  # longest first: padding and row order must not matter
-    result = kvlab.generate(model, tokenizer, [PROMPTS[i] for i in order], max_new_tokens=NEW_TOKENS, cache=cache)
+    result = kvlab.generate(model, tokenizer, [PROMPTS[i] for i in order], max_new_tokens=NEW_TOKENS, cache=cache, **options)
     assert result.token_ids == [hf_greedy[i] for i in order]
 
 
@@ -89,7 +90,7 @@ def test_hf_left_padded_batch_agrees_with_kvlab_ragged_batch(model, tokenizer, h
     assert [row[width:].tolist() for row in out] == ours.token_ids
 
 
-@pytest.mark.parametrize("cache", ["none", "contiguous"])
+@pytest.mark.parametrize("cache", ["none", "contiguous", "paged"])
 @pytest.mark.parametrize("prompt_index", range(len(PROMPTS)))
 def test_last_position_logits_agree_with_hf(model, tokenizer, hf_oracle, cache, prompt_index):
     hf_model, _ = hf_oracle

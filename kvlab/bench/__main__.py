@@ -1,6 +1,7 @@
 """python -m kvlab.bench COMMAND — the lab's benchmarks from the command line.
 
-  versus-hf   kvlab batch-1 decode tokens/s vs HF transformers generate (CPU or GPU)
+  decode      paged decode attention: GB/s vs measured copy bandwidth, vs torch SDPA (JSON → benchmarks/results/)
+  versus-hf   kvlab batch-1 decode tokens/s vs HF transformers generate (CPU)
   load        cold (GGUF) and warm (cached) model load times
   copy        measured copy bandwidth of the device
 """
@@ -18,16 +19,32 @@ import torch
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m kvlab.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["versus-hf", "load", "copy"])
+    parser.add_argument("command", choices=["decode", "versus-hf", "load", "copy"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--tokens", type=int, default=64, help="new tokens per generation (versus-hf)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--prompt", default="The history of the printing press")
+    parser.add_argument("--batches", type=int, nargs="+", help="decode: batch sizes (default by device)")
+    parser.add_argument("--contexts", type=int, nargs="+", help="decode: context lengths (default by device)")
+    parser.add_argument("--block-size", type=int, default=16, help="decode: tokens per KV block")
+    parser.add_argument("--no-save", action="store_true", help="decode: print only, write no JSON")
     args = parser.parse_args(argv)
 
     import kvlab
     from .roofs import device_label, measure_copy_bandwidth
 
+    if args.command == "decode":
+        from . import decode
+
+        device = torch.device(args.device)
+        gpu = device.type == "cuda"
+        batches = args.batches or ([1, 4, 16, 64] if gpu else [1, 4])
+        contexts = args.contexts or ([1024, 8192, 32768, 131072] if gpu else [256, 1024, 4096])
+        report = decode.run(device, batches, contexts, args.block_size, torch.bfloat16 if gpu else torch.float32)
+        decode.print_table(report)
+        if not args.no_save:
+            print("saved", decode.save(report))
+        return
     report: dict = {"device": device_label(args.device), "date": time.strftime("%Y-%m-%d")}
     if args.command == "copy":
         bw = measure_copy_bandwidth(args.device)

@@ -42,7 +42,7 @@ def kv_memory_figure(model: str, batch: int = 1, dtype: str = "bfloat16",
     labels = [f"{c // 1024}K" if c >= 1024 else str(c) for c in contexts]
     colours = ["#2471a3" if c != highlight else "#c0392b" for c in contexts]
     fig = go.Figure(go.Bar(x=labels, y=[s / memory.GiB for s in sizes], marker_color=colours,
-                           text=[memory.format_bytes(s) for s in sizes], textposition="outside"))
+                           text=[memory.format_bytes(s) for s in sizes], textposition="outside", cliponaxis=False))
     fig.update_layout(title=f"{shape.name} ({shape.attention_kind}), batch {batch}, {dtype}: KV cache size",
                       xaxis_title="context length", yaxis_title="GiB", template="plotly_white", height=380)
     return fig
@@ -55,7 +55,8 @@ def presets_figure(context_len: int, batch: int = 1, dtype: str = "bfloat16", hi
     colours = ["#c0392b" if n == highlight else "#5d6d7e" for n in names]
     kinds = [memory.PRESETS[n].attention_kind for n in names]
     fig = go.Figure(go.Bar(y=names, x=[s / memory.GiB for s in sizes], orientation="h", marker_color=colours,
-                           text=[f"{memory.format_bytes(s)} · {k}" for s, k in zip(sizes, kinds)], textposition="outside"))
+                           text=[f"{memory.format_bytes(s)} · {k}" for s, k in zip(sizes, kinds)], textposition="outside",
+                           cliponaxis=False))
     fig.update_layout(title=f"KV cache at {context_len:,} tokens × batch {batch} in {dtype}", xaxis_type="log",
-                      xaxis_title="GiB (log scale)", template="plotly_white", height=420, margin_l=120)
+                      xaxis_title="GiB (log scale)", template="plotly_white", height=420, margin_l=120, margin_r=110)
     return fig

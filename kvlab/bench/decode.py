@@ -1,0 +1,156 @@
+"""Paged decode attention against the roof: bytes moved ÷ time, next to the copy bandwidth measured in the same run.
+
+One decode step of attention must read every cached K and V byte once:
+    bytes ≈ 2 · Σ context_len · kv_heads · head_dim · elem  (+ query, output and block tables: small)
+so its figure of merit is achieved GB/s against the device's measured copy bandwidth. The baseline is what a
+user would pick: torch `scaled_dot_product_attention` (GQA enabled) over a contiguous [B, Hkv, S, D] cache.
+
+On CUDA: the compiled Triton kernel, timed with `triton.testing.do_bench` (median), bf16, Llama-3-8B shapes.
+On a CPU: the torch paths only (gather-then-attend vs SDPA), at small sizes, with a host-clock median.
+"""
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import re
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .roofs import device_label, measure_copy_bandwidth
+from .timers import median_seconds
+
+LLAMA3_8B = dict(num_q_heads=32, num_kv_heads=8, head_dim=128)
+
+
+@dataclass
+class DecodeCase:
+    batch: int
+    context: int
+    block_size: int
+    num_splits: int
+    bytes_moved: int
+    paged_s: float
+    sdpa_s: float
+    copy_gb_s: float
+
+    @property
+    def paged_gb_s(self) -> float:
+        return self.bytes_moved / self.paged_s / 1e9
+
+    def row(self) -> dict:
+        out = asdict(self)
+        out.update(paged_gb_s=self.paged_gb_s, fraction_of_copy=self.paged_gb_s / self.copy_gb_s,
+                   sdpa_gb_s=self.bytes_moved / self.sdpa_s / 1e9, paged_over_sdpa_time=self.paged_s / self.sdpa_s)
+        return out
+
+
+def attention_bytes(batch: int, context: int, num_q_heads: int, num_kv_heads: int, head_dim: int, elem: int,
+                    block_size: int) -> int:
+    """K+V read once, query read, output written, block tables read (int32)."""
+    kv = 2 * batch * context * num_kv_heads * head_dim * elem
+    q_and_out = 2 * batch * num_q_heads * head_dim * elem
+    tables = batch * math.ceil(context / block_size) * 4
+    return kv + q_and_out + tables
+
+
+def make_inputs(batch: int, context: int, block_size: int, num_q_heads: int, num_kv_heads: int, head_dim: int,
+                dtype: torch.dtype, device: torch.device, seed: int = 0):
+    """A paged pool with shuffled block tables, and the same K/V as a contiguous [B, Hkv, S, D] cache."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    blocks_per_seq = math.ceil(context / block_size)
+    num_blocks = batch * blocks_per_seq
+    k_pool = torch.randn(num_blocks, block_size, num_kv_heads, head_dim, generator=g).to(device, dtype)
+    v_pool = torch.randn(num_blocks, block_size, num_kv_heads, head_dim, generator=g).to(device, dtype)
+    tables = torch.randperm(num_blocks, generator=g).view(batch, blocks_per_seq).to(device, torch.int32)
+    context_lens = torch.full((batch,), context, dtype=torch.int32, device=device)
+    query = torch.randn(batch, num_q_heads, head_dim, generator=g).to(device, dtype)
+    k_contig = k_pool[tables.long()].reshape(batch, -1, num_kv_heads, head_dim)[:, :context].transpose(1, 2).contiguous()
+    v_contig = v_pool[tables.long()].reshape(batch, -1, num_kv_heads, head_dim)[:, :context].transpose(1, 2).contiguous()
+    return query, k_pool, v_pool, tables, context_lens, k_contig, v_contig  # contig: [B, Hkv, S, D]
+
+
+def sdpa_decode(query: torch.Tensor, k_contig: torch.Tensor, v_contig: torch.Tensor) -> torch.Tensor:
+    """The baseline: SDPA over a contiguous cache. query [B, Hq, D] → [B, Hq, D]."""
+    out = F.scaled_dot_product_attention(query.unsqueeze(2), k_contig, v_contig,
+                                         enable_gqa=query.shape[1] != k_contig.shape[1])
+    return out.squeeze(2)
+
+
+def torch_paged_decode(query, k_pool, v_pool, tables, context_lens):
+    """The CPU path: gather each sequence's blocks, then SDPA (what PagedCache(backend='torch') does)."""
+    batch, _, head_dim = query.shape
+    k = k_pool[tables.long()].reshape(batch, -1, *k_pool.shape[2:]).transpose(1, 2)  # [B, Hkv, S', D]
+    v = v_pool[tables.long()].reshape(batch, -1, *v_pool.shape[2:]).transpose(1, 2)
+    keep = torch.arange(k.shape[2], device=query.device)[None, :] < context_lens[:, None]  # [B, S']
+    out = F.scaled_dot_product_attention(query.unsqueeze(2), k, v, attn_mask=keep[:, None, None, :],
+                                         enable_gqa=query.shape[1] != k.shape[1])
+    return out.squeeze(2)
+
+
+def run(device: torch.device, batches, contexts, block_size: int, dtype: torch.dtype, memory_fraction: float = 0.35,
+        progress: bool = True) -> dict:
+    shapes = LLAMA3_8B if device.type == "cuda" else dict(num_q_heads=8, num_kv_heads=2, head_dim=64)
+    elem = torch.finfo(dtype).bits // 8
+    copy = measure_copy_bandwidth(device, megabytes=1024 if device.type == "cuda" else 256)
+    budget = (torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else 4 * 2**30) * memory_fraction
+    cases, skipped = [], []
+    combos = [(b, c) for b in batches for c in contexts]
+    for batch, context in _progress(combos, progress):
+        kv_bytes = 2 * batch * context * shapes["num_kv_heads"] * shapes["head_dim"] * elem
+        if 2 * kv_bytes > budget:  # paged pool + contiguous copy
+            skipped.append({"batch": batch, "context": context, "why": f"needs {2 * kv_bytes / 2**30:.1f} GiB"})
+            continue
+        inputs = make_inputs(batch, context, block_size, dtype=dtype, device=device, **shapes)
+        query, k_pool, v_pool, tables, lens, k_contig, v_contig = inputs
+        moved = attention_bytes(batch, context, elem=elem, block_size=block_size, **shapes)
+        if device.type == "cuda":
+            import triton
+
+            from kvlab.kernels import choose_num_splits, paged_decode_attention
+
+            splits = choose_num_splits(batch, shapes["num_kv_heads"], context, device)
+            paged_s = triton.testing.do_bench(
+                lambda: paged_decode_attention(query, k_pool, v_pool, tables, lens, check=False), return_mode="median") / 1e3
+            sdpa_s = triton.testing.do_bench(lambda: sdpa_decode(query, k_contig, v_contig), return_mode="median") / 1e3
+        else:
+            splits = 1
+            paged_s = median_seconds(lambda: torch_paged_decode(query, k_pool, v_pool, tables, lens), device, 2, 7)
+            sdpa_s = median_seconds(lambda: sdpa_decode(query, k_contig, v_contig), device, 2, 7)
+        cases.append(DecodeCase(batch, context, block_size, splits, moved, paged_s, sdpa_s, copy.gb_per_s))
+        del inputs
+    return {
+        "device": device_label(device), "date": time.strftime("%Y-%m-%d"), "dtype": str(dtype).replace("torch.", ""),
+        "shapes": shapes, "path": "triton compiled" if device.type == "cuda" else "torch (CPU: no Triton timing)",
+        "copy_gb_s": copy.gb_per_s, "torch": torch.__version__, "cases": [c.row() for c in cases], "skipped": skipped,
+    }
+
+
+def save(report: dict, folder: pathlib.Path = pathlib.Path("benchmarks/results")) -> pathlib.Path:
+    slug = re.sub(r"[^a-z0-9]+", "-", report["device"].lower()).strip("-")
+    path = folder / f"decode_{slug}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    return path
+
+
+def print_table(report: dict) -> None:
+    print(f"{report['device']} — {report['path']}, {report['dtype']}, copy bandwidth measured {report['copy_gb_s']:.0f} GB/s")
+    print(f"{'batch':>5} {'context':>7} {'splits':>6} {'MB moved':>9} {'paged µs':>9} {'GB/s':>7} {'of copy':>7} "
+          f"{'SDPA µs':>8} {'paged/SDPA':>10}")
+    for c in report["cases"]:
+        print(f"{c['batch']:>5} {c['context']:>7} {c['num_splits']:>6} {c['bytes_moved'] / 1e6:>9.1f} {c['paged_s'] * 1e6:>9.1f} "
+              f"{c['paged_gb_s']:>7.1f} {c['fraction_of_copy']:>7.0%} {c['sdpa_s'] * 1e6:>8.1f} {c['paged_over_sdpa_time']:>10.2f}")
+    for s in report["skipped"]:
+        print(f"skipped batch {s['batch']} × context {s['context']}: {s['why']}")
+
+
+def _progress(items, enabled):
+    if not enabled:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc="decode benchmark", unit="case")
