@@ -88,7 +88,7 @@ def _paged_decode_kernel(
             k = k.to(tl.float32)
             v = v.to(tl.float32)
         scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_G, BLOCK_N]
-        pass
+        scores = tl.where(valid[None, :], scores, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(scores, 1))  # finite: every tile holds at least one valid token
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(scores - m_new[:, None])

@@ -10,7 +10,6 @@ writes 2·N·Hkv·D·elem — skipped tokens move nothing but their slot.
 from __future__ import annotations
 
 import torch
-import triton
 import triton.language as tl
 
 from ._common import INDEX_DTYPES, check_pools, check_same_device, device_guard, jit_pair, next_power_of_2

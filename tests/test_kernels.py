@@ -301,7 +301,7 @@ def test_paged_prefill_matches_reference_for_whole_prompts_and_chunks(device, bl
     args = _prefill_case([45, 70, 30, 1], [45, 13, 1, 1], block_size, 2, group, 32, torch.float32, device)
     out = paged_prefill_attention(*args)
     assert_close(out, paged_prefill_reference(*args))
-    query, q_lens = args[0], args[-1]
+    q_lens = args[-1]
     for b, n in enumerate(q_lens.tolist()):
         assert not out[b, n:].any()  # padding rows are zero
 
