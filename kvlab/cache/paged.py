@@ -7,11 +7,10 @@ unfilled tail of each sequence's last block.
 
 Two attention paths, named by `backend`:
 * "triton" — the kernels of kvlab.kernels: store through a slot mapping, GQA-native paged decode (split-K
-  when the batch cannot fill the device). Compiled on CUDA; under Triton's interpreter on a CPU (slow:
-  for small runs, tests and demos).
+  when the batch cannot fill the device), causal paged prefill. Compiled on CUDA; under Triton's
+  interpreter on a CPU (slow: for small runs, tests and demos). The default on CUDA.
 * "torch" — a plain-torch reference: scatter by slot, gather each sequence's blocks, attend. The fast path
-  for whole generations on a CPU.
-Prefill (several new tokens per sequence) uses torch attention over the gathered blocks on both paths.
+  for whole generations on a CPU, and the default there.
 """
 from __future__ import annotations
 
@@ -102,12 +101,16 @@ class PagedCache(KVCache):
 
     def attend(self, layer: int, q: torch.Tensor) -> torch.Tensor:
         step = self.current_step
-        if self.backend == "triton" and step.new_len == 1:
-            from kvlab.kernels import paged_decode_attention
+        if self.backend == "triton":
+            from kvlab.kernels import paged_decode_attention, paged_prefill_attention
 
-            out = paged_decode_attention(q[:, 0], self.k_pools[layer], self.v_pools[layer], self._table,
-                                         step.kv_lens.to(torch.int32), check=False)  # [B, Hq, D]
-            return out.unsqueeze(1)
+            kv_lens = step.kv_lens.to(torch.int32)
+            if step.new_len == 1:
+                out = paged_decode_attention(q[:, 0], self.k_pools[layer], self.v_pools[layer], self._table,
+                                             kv_lens, check=False)  # [B, Hq, D]
+                return out.unsqueeze(1)
+            return paged_prefill_attention(q, self.k_pools[layer], self.v_pools[layer], self._table, kv_lens,
+                                           step.q_lens.to(torch.int32), check=False)  # [B, T, Hq, D]
         k, v = self.gather(layer)
         return attend_reference(q, k, v, step.positions, step.kv_lens)
 
