@@ -45,11 +45,14 @@ def prepare_prompts(tokenizer, prompts, chat: bool, context_len: int, vocab_size
 def generate(model, tokenizer, prompts, max_new_tokens: int = 64, cache: str = "contiguous",
              temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None, chat: bool = False,
              stop_at_eos: bool = True, stop_token_ids: list[int] | None = None, progress: bool = False,
-             **cache_options) -> GenerationResult:
+             on_step=None, **cache_options) -> GenerationResult:
     """Generate up to `max_new_tokens` for each prompt through the named cache layout.
 
     prompts: a string, a list of strings (a ragged batch), or token id lists. Greedy unless temperature > 0
     (then top-p sampling, reproducible with `seed`). chat=True wraps each prompt in the model's chat template.
+    cache_options go to the layout (paged: block_size, num_blocks, backend).
+    on_step(step_index, cache, running_seq_ids): called after every step, before finished sequences are freed —
+    a figure can read the cache's public state there (block tables, pool occupancy).
     """
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
@@ -86,6 +89,8 @@ def generate(model, tokenizer, prompts, max_new_tokens: int = 64, cache: str = "
             stats.step_times_s.append(elapsed)
             stats.step_context_lens.append(max(len(sequences[s]) for s in running))
             stats.kv_bytes_read_per_step.append(kv_bytes_read)
+        if on_step is not None:
+            on_step(step_index, kv, list(running))
         for seq_id, token in zip(list(running), next_ids):
             sequences[seq_id].append(token)
             stats.new_tokens += 1
