@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from kvlab.kernels import decode_bytes
+
 from .roofs import device_label, measure_copy_bandwidth
 from .timers import median_seconds
 
@@ -46,15 +48,6 @@ class DecodeCase:
         out.update(paged_gb_s=self.paged_gb_s, fraction_of_copy=self.paged_gb_s / self.copy_gb_s,
                    sdpa_gb_s=self.bytes_moved / self.sdpa_s / 1e9, paged_over_sdpa_time=self.paged_s / self.sdpa_s)
         return out
-
-
-def attention_bytes(batch: int, context: int, num_q_heads: int, num_kv_heads: int, head_dim: int, elem: int,
-                    block_size: int) -> int:
-    """K+V read once, query read, output written, block tables read (int32)."""
-    kv = 2 * batch * context * num_kv_heads * head_dim * elem
-    q_and_out = 2 * batch * num_q_heads * head_dim * elem
-    tables = batch * math.ceil(context / block_size) * 4
-    return kv + q_and_out + tables
 
 
 def make_inputs(batch: int, context: int, block_size: int, num_q_heads: int, num_kv_heads: int, head_dim: int,
@@ -106,7 +99,8 @@ def run(device: torch.device, batches, contexts, block_size: int, dtype: torch.d
             continue
         inputs = make_inputs(batch, context, block_size, dtype=dtype, device=device, **shapes)
         query, k_pool, v_pool, tables, lens, k_contig, v_contig = inputs
-        moved = attention_bytes(batch, context, elem=elem, block_size=block_size, **shapes)
+        moved = decode_bytes(batch, shapes["num_q_heads"], shapes["num_kv_heads"], shapes["head_dim"],
+                             [context] * batch, elem, block_size)
         if device.type == "cuda":
             import triton
 

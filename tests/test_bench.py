@@ -1,0 +1,37 @@
+"""The measurement helpers report what they measured, with the bytes beside the time."""
+from __future__ import annotations
+
+import json
+
+import torch
+
+from kvlab.bench import decode, measure_copy_bandwidth, median_seconds
+
+
+def test_median_seconds_is_the_median_of_the_timed_runs():
+    calls = []
+    assert median_seconds(lambda: calls.append(1), "cpu", warmup=2, repeats=5) >= 0
+    assert len(calls) == 7
+
+
+def test_copy_bandwidth_counts_read_and_write():
+    bw = measure_copy_bandwidth("cpu", megabytes=8, repeats=3)
+    assert bw.bytes_moved == 2 * 8 * 2**20 and bw.gb_per_s > 0
+
+
+def test_torch_paged_decode_equals_sdpa_on_the_same_kv():
+    inputs = decode.make_inputs(3, 37, 4, num_q_heads=8, num_kv_heads=2, head_dim=16, dtype=torch.float32,
+                                device=torch.device("cpu"))
+    query, k_pool, v_pool, tables, lens, k_contig, v_contig = inputs
+    torch.testing.assert_close(decode.torch_paged_decode(query, k_pool, v_pool, tables, lens),
+                               decode.sdpa_decode(query, k_contig, v_contig))
+
+
+def test_decode_benchmark_reports_bytes_and_bandwidth_and_saves_json(tmp_path):
+    report = decode.run(torch.device("cpu"), batches=[2], contexts=[64], block_size=16, dtype=torch.float32, progress=False)
+    (case,) = report["cases"]
+    kv_bytes = 2 * 2 * 64 * 2 * 64 * 4  # K+V × batch × context × kv heads × head dim × fp32
+    assert kv_bytes < case["bytes_moved"] < kv_bytes * 1.1
+    assert abs(case["paged_gb_s"] - case["bytes_moved"] / case["paged_s"] / 1e9) < 1e-9
+    path = decode.save(report, tmp_path)
+    assert path.name.startswith("decode_cpu") and json.loads(path.read_text())["cases"][0]["context"] == 64
