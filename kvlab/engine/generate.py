@@ -77,7 +77,7 @@ def generate(model, tokenizer, prompts, max_new_tokens: int = 64, cache: str = "
     start = time.perf_counter()
     for step_index in range(max_new_tokens):
         step_start = time.perf_counter()
-        logits, kv_bytes_read = _forward_step(model, kv, sequences, running)
+        logits, kv_bytes_read = forward_step(model, kv, sequences, running)
         next_ids = sample_next(logits, temperature, top_p, generator).tolist()
         _sync(model.device)
         elapsed = time.perf_counter() - step_start
@@ -113,7 +113,7 @@ def generate(model, tokenizer, prompts, max_new_tokens: int = 64, cache: str = "
     return GenerationResult(prompt_ids, generated, texts, finish, stats)
 
 
-def _forward_step(model, kv, sequences: list[list[int]], running: list[int]) -> tuple[torch.Tensor, int]:
+def forward_step(model, kv, sequences: list[list[int]], running: list[int]) -> tuple[torch.Tensor, int]:
     """Feed each running sequence its uncached tokens → (next-token logits [B, vocab], K/V bytes attention read)."""
     new_tokens = [sequences[s][kv.num_cached(s):] for s in running]
     width = max(map(len, new_tokens))
