@@ -23,3 +23,7 @@ def make_cache(name: str, config, device, dtype, max_batch: int, max_len: int, *
 
 __all__ = ["KVCache", "Step", "NoCache", "ContiguousCache", "PagedCache", "BlockAllocator", "PoolExhausted",
            "blocks_for", "CACHE_LAYOUTS", "make_cache"]
+
+from .region_allocator import NoFreeRegion, RegionAllocator  # noqa: E402  (the fragmentation lab's contiguous allocator)
+
+__all__ += ["RegionAllocator", "NoFreeRegion"]
