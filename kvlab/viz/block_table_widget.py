@@ -209,7 +209,7 @@ class BlockTableLab:
         allocator = self.cache.allocator
         waste = sum(self.block_size - fill for _, fill in block_fills(self.cache).values())
         shared = sum(1 for refs in allocator.ref_counts if refs > 1)
-        return (f"<b>{allocator.num_used} of {allocator.num_blocks} blocks used</b> · {len(self.running)} sequences"
+        return (f"{allocator.num_used} of {allocator.num_blocks} blocks used · {len(self.running)} sequences"
                 f" · {sum(self.cache.lengths.values())} tokens · internal waste {waste} slots"
                 + (f" · {shared} shared blocks" if shared else ""))
 
@@ -236,7 +236,7 @@ class BlockTableLab:
     def _refresh(self) -> None:
         _redraw(self.pool_view, self.figure())
         _redraw(self.tables_view, block_tables_figure(self.cache))
-        self.status.value = self.status_text()
+        self.status.value = f"<b>{html.escape(self.status_text())}</b>"
         selected, running = self.sequence_menu.value, self.running
         self.sequence_menu.options = [(f"seq {s} · {self.cache.lengths[s]} tokens", s) for s in running]
         self.sequence_menu.value = selected if selected in running else (running[0] if running else None)
