@@ -69,7 +69,7 @@ def test_decode_adds_n_tokens_and_a_block_only_on_crossing_a_boundary(lab):
     assert lab.cache.lengths == {0: 9, 1: 14}
     assert [len(lab.cache.block_tables[s]) for s in (0, 1)] == [3, 4]
     assert drawn(lab) != before
-    assert list(lab.tables_view.data[0].cells.values[1]) == [9, 14]  # the block-table view follows too
+    assert "<td>9</td>" in lab.tables_view.value and "<td>14</td>" in lab.tables_view.value  # the tables follow too
 
 
 def test_finish_returns_the_sequences_blocks(lab):

@@ -19,7 +19,7 @@ import torch
 
 from ..cache import PagedCache, PoolExhausted
 from ..engine.generate import forward_step, prepare_prompts
-from .paged_figures import block_fills, block_tables_figure, pool_figure, sequence_colour
+from .paged_figures import block_fills, pool_figure, sequence_colour
 
 ERROR_COLOUR = "#c0392b"
 BUTTONS = ("Add request", "Decode", "Finish", "Fork", "Reset")
@@ -62,6 +62,22 @@ def _redraw(view: go.FigureWidget, fresh: go.Figure) -> None:
         view.data[0].update(trace, overwrite=True)
         view.layout.update(title=fresh.layout.title, height=fresh.layout.height, shapes=fresh.layout.shapes,
                            overwrite=True)
+
+
+def block_tables_html(cache) -> str:
+    """Each sequence's block table as an HTML table: logical block j → physical block id."""
+    seq_ids = sorted(cache.block_tables)
+    width = max((len(cache.block_tables[s]) for s in seq_ids), default=0)
+    head = "".join(f"<th>logical {j}</th>" for j in range(width))
+    rows = []
+    for s in seq_ids:
+        table = cache.block_tables[s]
+        cells = "".join(f"<td>{table[j] if j < len(table) else ''}</td>" for j in range(width))
+        rows.append(f'<tr><td style="background:{sequence_colour(s)};color:white">seq {s}</td>'
+                    f"<td>{cache.lengths.get(s, 0)}</td><td>{len(table)}</td>{cells}</tr>")
+    return (f"<b>Block tables</b> (physical block ids; token t sits in slot table[t // {cache.block_size}] × "
+            f"{cache.block_size} + t % {cache.block_size})<table class='kvlab-block-tables'><tr><th>sequence</th>"
+            f"<th>tokens</th><th>blocks</th>{head}</tr>{''.join(rows)}</table>")
 
 
 class BlockTableLab:
@@ -226,7 +242,7 @@ class BlockTableLab:
         self.status = widgets.HTML().add_class("kvlab-pool-status")
         self.texts = widgets.HTML()
         self.pool_view = go.FigureWidget(self.figure())
-        self.tables_view = go.FigureWidget(block_tables_figure(self.cache))
+        self.tables_view = widgets.HTML(block_tables_html(self.cache))  # HTML: a plotly Table's first render drops text
         b = self.buttons
         rows = [widgets.HBox([self.request_box, self.max_new_box, b["Add request"]]),
                 widgets.HBox([self.steps_box, b["Decode"], self.sequence_menu, b["Finish"], b["Fork"], b["Reset"]])]
@@ -235,7 +251,7 @@ class BlockTableLab:
 
     def _refresh(self) -> None:
         _redraw(self.pool_view, self.figure())
-        _redraw(self.tables_view, block_tables_figure(self.cache))
+        self.tables_view.value = block_tables_html(self.cache)
         self.status.value = f"<b>{html.escape(self.status_text())}</b>"
         selected, running = self.sequence_menu.value, self.running
         self.sequence_menu.options = [(f"seq {s} · {self.cache.lengths[s]} tokens", s) for s in running]

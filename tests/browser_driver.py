@@ -1,0 +1,233 @@
+"""Helpers for tests/test_browser.py: a throw-away JupyterLab server and a few page actions for Playwright.
+
+The server runs from this Python environment (`python -m jupyter lab`) in its own process group, with every
+Jupyter directory (config, runtime, data, IPython) inside one temporary folder, so that:
+* no user settings leak in (the "news" prompt is switched off in the seeded settings);
+* every process it starts (the server, its kernels) names that folder on its command line, and teardown can
+  check that none is left (kernels run in their own sessions, so killing the server's group alone is not enough).
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import psutil
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+RUNNING_PROMPT = "[*]"
+ERROR_OUTPUT = '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]'
+
+
+def find_chromium() -> str | None:
+    """Debian's chromium (apt-get install chromium), or any chromium on PATH."""
+    if os.access("/usr/bin/chromium", os.X_OK):
+        return "/usr/bin/chromium"
+    return shutil.which("chromium")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def clean_copy(notebook: pathlib.Path, target: pathlib.Path) -> None:
+    """Copy a notebook without its outputs and saved widget state, so that only a fresh run can draw widgets."""
+    nb = json.loads(notebook.read_text())
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code":
+            cell["outputs"], cell["execution_count"] = [], None
+    nb["metadata"].pop("widgets", None)
+    target.write_text(json.dumps(nb, indent=1))
+
+
+def processes_mentioning(text: str) -> list[psutil.Process]:
+    """Live processes (other than this one) whose command line contains `text` — what `pgrep -f` finds."""
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline", "status"]):
+        try:
+            if proc.pid == os.getpid() or proc.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+            if any(text in part for part in proc.info["cmdline"] or []):
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+class JupyterLab:
+    """`python -m jupyter lab` on a free port, no token, serving `root_dir`; state kept under `home`."""
+
+    def __init__(self, root_dir: pathlib.Path, home: pathlib.Path):
+        self.root_dir, self.home = root_dir, home
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = home / "jupyter-server.log"
+        self.proc: subprocess.Popen | None = None
+        self._seen: dict[int, psutil.Process] = {}  # every descendant ever seen, to kill at the end
+
+    def start(self, timeout: float = 120.0) -> None:
+        settings = self.home / "lab" / "user-settings" / "@jupyterlab" / "apputils-extension"
+        settings.mkdir(parents=True, exist_ok=True)
+        (settings / "notification.jupyterlab-settings").write_text(
+            json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+        env = dict(os.environ)
+        for name, sub in [("JUPYTER_CONFIG_DIR", "config"), ("JUPYTER_RUNTIME_DIR", "runtime"),
+                          ("JUPYTER_DATA_DIR", "data"), ("IPYTHONDIR", "ipython")]:
+            env[name] = str(self.home / sub)
+        env["PYTHONUNBUFFERED"] = "1"
+        cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={self.port}", "--ip=127.0.0.1",
+               "--ServerApp.token=", "--ServerApp.password=", "--ServerApp.disable_check_xsrf=True",
+               "--LabApp.expose_app_in_browser=True", f"--ServerApp.root_dir={self.root_dir}",
+               f"--LabApp.user_settings_dir={self.home / 'lab' / 'user-settings'}",
+               f"--LabApp.workspaces_dir={self.home / 'lab' / 'workspaces'}"]
+        if os.geteuid() == 0:
+            cmd.append("--allow-root")
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(cmd, cwd=self.root_dir, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"jupyter lab exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/api/status", timeout=5) as reply:
+                    if reply.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"jupyter lab did not answer on {self.url} within {timeout:.0f} s:\n{self.log_tail()}")
+
+    def log_tail(self, chars: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return "(no server log)"
+
+    def remember_descendants(self) -> None:
+        """Note the server's children (kernels) now, while they are still its children."""
+        if self.proc is None:
+            return
+        try:
+            for child in psutil.Process(self.proc.pid).children(recursive=True):
+                self._seen.setdefault(child.pid, child)
+        except psutil.NoSuchProcess:
+            pass
+
+    def stop(self) -> None:
+        """Ask the server to shut down (it stops its kernels), then kill whatever is left, group by group."""
+        if self.proc is None:
+            return
+        self.remember_descendants()
+        if self.proc.poll() is None:
+            try:
+                request = urllib.request.Request(f"{self.url}/api/shutdown", method="POST", data=b"")
+                urllib.request.urlopen(request, timeout=5).close()
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                pass
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                pass
+        # The server's own process group (it leads it: start_new_session), then each kernel's session.
+        groups = {self.proc.pid}
+        for proc in self._seen.values():
+            try:
+                groups.add(os.getpgid(proc.pid))
+            except (ProcessLookupError, PermissionError):
+                pass
+        groups.discard(os.getpgid(0))  # never our own group
+        for pgid in groups:
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        for proc in self._seen.values():
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        psutil.wait_procs(list(self._seen.values()), timeout=10)
+
+
+# ---------------------------------------------------------------- page actions (Playwright sync API)
+
+def wait_for_lab(page, timeout_ms: int = 120_000) -> None:
+    page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell", timeout=timeout_ms)
+    page.evaluate("() => window.jupyterapp.restored")
+
+
+def wait_kernel_idle(page, timeout_ms: int) -> None:
+    """The current notebook's kernel is connected and idle."""
+    page.wait_for_function(
+        """() => {
+            const w = window.jupyterapp.shell.currentWidget;
+            const kernel = w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;
+            return !!kernel && kernel.status === 'idle' && kernel.connectionStatus === 'connected';
+        }""", timeout=timeout_ms, polling=250)
+
+
+def dismiss_popups(page) -> None:
+    """Close any toast (the "news" question, update notices) and a kernel-choice dialog if one shows up."""
+    for label in ("No", "Dismiss"):
+        for button in page.locator(".jp-toast-button", has_text=label).all():
+            try:
+                button.click(timeout=2000)
+            except Exception:  # noqa: BLE001 — a toast may vanish by itself
+                pass
+    for close in page.locator(".Toastify__close-button").all():
+        try:
+            close.click(timeout=2000)
+        except Exception:  # noqa: BLE001
+            pass
+    dialog = page.locator(".jp-Dialog")
+    if dialog.count() and "kernel" in dialog.first.inner_text().lower():
+        dialog.locator(".jp-mod-accept").first.click()
+
+
+def running_prompts(page) -> int:
+    """Cells queued or running ("[*]:")."""
+    return page.evaluate(
+        "(p) => [...document.querySelectorAll('.jp-InputPrompt')].filter(e => e.textContent.includes(p)).length",
+        RUNNING_PROMPT)
+
+
+def error_outputs(page) -> list[str]:
+    """Text of every output that shows a Python traceback."""
+    return [text for text in page.locator(ERROR_OUTPUT).all_inner_texts() if "Traceback" in text]
+
+
+def wait_all_cells_done(page, timeout_s: float) -> None:
+    """Kernel idle and no cell still queued or running."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if running_prompts(page) == 0:
+            idle = page.evaluate("""() => {
+                const k = window.jupyterapp.shell.currentWidget.sessionContext.session.kernel;
+                return k.status === 'idle'; }""")
+            if idle:
+                return
+        time.sleep(0.5)
+    raise TimeoutError(f"cells still running after {timeout_s:.0f} s")

@@ -1,0 +1,210 @@
+"""The block-table widget in a real browser: JupyterLab + headless Chromium (Playwright), run all, click, redraw.
+
+What nbval cannot see: that the widget renders in JupyterLab and that its buttons reach the kernel and redraw the
+pool. The test copies notebooks/ to a temporary folder, starts JupyterLab on it, opens NOTEBOOK, runs all cells,
+waits for the block-table widget's plot, screenshots it (test-artifacts/block_table_before.png), adds a request
+and decodes a step with the widget's own controls, checks that the pool's status and plot changed, screenshots
+again (test-artifacts/block_table_after.png), and fails on any traceback in the notebook.
+
+Needs Debian's chromium (`apt-get install chromium`; .ci/run installs it) and the `playwright` package (test
+extra). Without chromium the test skips — except under CI (env CI set), where it fails. KVLAB_BROWSER_NOTEBOOK=path
+runs it against another notebook that shows the same widget.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+import shutil
+import time
+
+import pytest
+
+from browser_driver import (CHROMIUM_ARGS, JupyterLab, clean_copy, dismiss_popups, error_outputs, find_chromium,
+                            processes_mentioning, running_prompts, wait_all_cells_done, wait_for_lab,
+                            wait_kernel_idle)
+
+pytestmark = pytest.mark.browser
+
+NOTEBOOK = "03_fragmentation.ipynb"
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts"
+WIDGET = ".kvlab-block-table"
+PLOT = f"{WIDGET} .js-plotly-plot"
+BUTTONS = ("Add request", "Decode", "Finish", "Fork", "Reset")
+REQUEST_LENGTH = "20"
+RUN_TIMEOUT_S = 300  # run-all on a 2-core CPU machine, model load included
+CHANGE_TIMEOUT_S = 30
+
+
+def _missing(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason}; CI is set, so the browser test must run (.ci/run installs chromium)")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def notebook_path() -> pathlib.Path:
+    override = os.environ.get("KVLAB_BROWSER_NOTEBOOK")
+    if override:
+        path = pathlib.Path(override).resolve()
+        assert path.is_file(), f"KVLAB_BROWSER_NOTEBOOK={override} is not a file"
+        return path
+    path = ROOT / "notebooks" / NOTEBOOK
+    if not path.is_file():
+        pytest.skip(f"notebook not present: notebooks/{NOTEBOOK}")
+    return path
+
+
+@pytest.fixture
+def chromium(notebook_path) -> str:
+    path = find_chromium()
+    if path is None:
+        _missing("chromium not found (/usr/bin/chromium or on PATH): apt-get install chromium")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        _missing("the playwright package is not installed (pip install -e '.[test]')")
+    return path
+
+
+@pytest.fixture
+def lab(tmp_path_factory, notebook_path, chromium):
+    """JupyterLab on a clean copy of notebooks/; afterwards nothing it started may be left running."""
+    for stale in ARTIFACTS.glob("block_table_*.png"):
+        stale.unlink()
+    home = tmp_path_factory.mktemp("kvlab-browser")
+    root = home / "notebooks"
+    shutil.copytree(ROOT / "notebooks", root, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    clean_copy(notebook_path, root / notebook_path.name)
+    server = JupyterLab(root, home)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        if server.log_path.exists():
+            ARTIFACTS.mkdir(exist_ok=True)
+            shutil.copyfile(server.log_path, ARTIFACTS / "browser_jupyter_server.log")
+        leftovers = processes_mentioning(str(home))
+        for proc in leftovers:
+            proc.kill()
+        assert not leftovers, f"processes left running after teardown: {[p.info['cmdline'] for p in leftovers]}"
+
+
+def _pool_state(page) -> dict:
+    """What the pool shows: the status text, the plot's SVG text and its data, and the message."""
+    return page.evaluate(
+        """(sel) => {
+            const w = document.querySelector(sel);
+            const text = (q) => { const e = w.querySelector(q); return e ? e.innerText.trim() : null; };
+            const plot = w.querySelector('.js-plotly-plot');
+            const svg = [...plot.querySelectorAll('svg')].map(s => s.textContent).join(' | ');
+            const data = JSON.stringify((plot.data || []).map(t => [t.z, t.text, t.marker && t.marker.color, t.x, t.y]));
+            return {status: text('.kvlab-pool-status'), message: text('.kvlab-message'), svg: svg, data: data};
+        }""", WIDGET)
+
+
+def _pool_changed(a: dict, b: dict) -> bool:
+    return a["status"] != b["status"] or a["svg"] != b["svg"] or a["data"] != b["data"]
+
+
+def _wait_pool_change(page, before: dict, action: str) -> dict:
+    deadline = time.monotonic() + CHANGE_TIMEOUT_S
+    while time.monotonic() < deadline:
+        now = _pool_state(page)
+        if _pool_changed(before, now):
+            return now
+        time.sleep(0.25)
+    errors = error_outputs(page)
+    pytest.fail(f"the pool did not change within {CHANGE_TIMEOUT_S} s after {action}: status {now['status']!r}, "
+                f"message {now['message']!r}" + (f"; tracebacks: {errors}" if errors else ""))
+
+
+def _start_run_all(page) -> None:
+    """Focus a cell (run-all may do nothing otherwise), then run all; retry once if nothing starts."""
+    for _attempt in range(2):
+        dismiss_popups(page)
+        page.locator(".jp-Notebook .jp-Cell").first.click()
+        page.keyboard.press("Escape")  # command mode
+        page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            started = page.evaluate(
+                "() => [...document.querySelectorAll('.jp-InputPrompt')].some(e => /\\[(\\*|\\d+)\\]/.test(e.textContent))")
+            if started:
+                return
+            time.sleep(0.5)
+    pytest.fail("notebook:run-all-cells started no cell")
+
+
+def _wait_for_widget(page, lab: JupyterLab) -> None:
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    plot = page.locator(PLOT).first
+    while time.monotonic() < deadline:
+        lab.remember_descendants()
+        if plot.is_visible():
+            return
+        errors = error_outputs(page)
+        if errors:
+            pytest.fail("a cell raised before the block-table widget appeared:\n" + "\n\n".join(errors))
+        time.sleep(1)
+    pytest.fail(f"no visible {PLOT} within {RUN_TIMEOUT_S} s (cells still running: {running_prompts(page)})")
+
+
+def test_block_table_widget_redraws_in_a_real_browser(lab, chromium, notebook_path):
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            page.goto(f"{lab.url}/lab/tree/{notebook_path.name}", timeout=120_000)
+            wait_for_lab(page)
+            page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=120_000)
+            wait_kernel_idle(page, timeout_ms=120_000)
+            lab.remember_descendants()
+            _start_run_all(page)
+            _wait_for_widget(page, lab)
+            wait_all_cells_done(page, RUN_TIMEOUT_S)
+            lab.remember_descendants()
+            assert not error_outputs(page), "cells raised:\n" + "\n\n".join(error_outputs(page))
+
+            widget = page.locator(WIDGET).first
+            widget.scroll_into_view_if_needed()
+            for label in BUTTONS:
+                assert widget.get_by_role("button", name=label, exact=True).count() >= 1, f"no {label!r} button"
+            assert widget.locator(".kvlab-pool-status").count() >= 1, "no .kvlab-pool-status in the widget"
+            assert widget.locator(".kvlab-message").count() >= 1, "no .kvlab-message in the widget"
+            dismiss_popups(page)
+            page.mouse.move(0, 0)
+            time.sleep(2)  # let plotly finish its first layout before the screenshot
+            widget.screenshot(path=ARTIFACTS / "block_table_before.png")
+
+            before = _pool_state(page)
+            request_box = widget.locator('input[type="text"]')  # the request Text box (IntTexts are type=number)
+            if request_box.count():
+                request_box.first.fill(REQUEST_LENGTH)
+                request_box.first.blur()
+            widget.get_by_role("button", name="Add request", exact=True).first.click()
+            added = _wait_pool_change(page, before, f"'Add request' ({REQUEST_LENGTH} tokens)")
+            widget.get_by_role("button", name="Decode", exact=True).first.click()
+            decoded = _wait_pool_change(page, added, "'Decode'")
+
+            time.sleep(1)  # plotly's transition
+            widget.scroll_into_view_if_needed()
+            page.mouse.move(0, 0)  # no hover modebar over the plot
+            widget.screenshot(path=ARTIFACTS / "block_table_after.png")
+            used = [re.search(r"(\d+)\s+of\s+(\d+)\s+blocks", s["status"] or "") for s in (before, added, decoded)]
+            print("\npool status:", " → ".join(repr(s["status"]) for s in (before, added, decoded)),
+                  "| blocks used:", [m.group(1) if m else None for m in used])
+            assert not error_outputs(page), "a widget callback raised:\n" + "\n\n".join(error_outputs(page))
+        except BaseException:
+            try:
+                page.screenshot(path=ARTIFACTS / "block_table_failure.png", full_page=True)
+            except Exception:  # noqa: BLE001 — keep the original failure
+                pass
+            raise
+        finally:
+            browser.close()
