@@ -33,8 +33,10 @@ test-fast: install
 	$(BIN)/python -m pytest tests -m "not oracle" -p no:cacheprovider
 
 # Re-execute the notebooks in place (outputs are committed); papermill parameters keep the CPU defaults.
+# Saved widget state (megabytes of plotly's JavaScript per notebook) is dropped before committing.
 notebooks: install
 	for nb in notebooks/[0-9]*.ipynb; do $(BIN)/papermill --cwd notebooks "$$nb" "$$nb" || exit 1; done
+	$(BIN)/python tools/strip_widget_state.py notebooks/[0-9]*.ipynb
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -43,3 +43,12 @@ def test_kernels_import_as_kvlab_kernels():
 def test_ci_runs_the_readme_test_command():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
     assert "make test" in (ROOT / "README.md").read_text()
+
+
+def test_committed_notebooks_carry_no_widget_state_and_stay_small():
+    import json
+
+    for path in sorted((ROOT / "notebooks").glob("[0-9]*.ipynb")):
+        notebook = json.loads(path.read_text())
+        assert "widgets" not in notebook["metadata"], f"{path.name}: run tools/strip_widget_state.py"
+        assert path.stat().st_size < 3 * 2**20, f"{path.name} is {path.stat().st_size:,} bytes"
