@@ -30,7 +30,7 @@ test: install
 	$(BIN)/python -m pytest tests notebooks $(NBVAL) -p no:cacheprovider
 
 test-fast: install
-	$(BIN)/python -m pytest tests -m "not oracle" -p no:cacheprovider
+	$(BIN)/python -m pytest tests -m "not oracle and not browser" -p no:cacheprovider
 
 # Re-execute the notebooks in place (outputs are committed); papermill parameters keep the CPU defaults.
 # Saved widget state (megabytes of plotly's JavaScript per notebook) is dropped before committing.
