@@ -26,8 +26,10 @@ lab: install
 	$(BIN)/jupyter lab $(ROOT_FLAG) notebooks/01_why_kv_cache.ipynb
 
 # Unit, property and oracle tests, then every notebook through nbval.
+# KVLAB_DEVICE=cpu: the committed notebook outputs are CPU (float32) runs, so nbval compares like with like
+# on a GPU machine too (the kernel tests still use the GPU there).
 test: install
-	$(BIN)/python -m pytest tests notebooks $(NBVAL) -p no:cacheprovider
+	KVLAB_DEVICE=cpu $(BIN)/python -m pytest tests notebooks $(NBVAL) -p no:cacheprovider
 
 test-fast: install
 	$(BIN)/python -m pytest tests -m "not oracle and not browser" -p no:cacheprovider

@@ -15,8 +15,16 @@ INDEX_DTYPES = (torch.int32, torch.int64)
 
 
 def interpreting(device: torch.device) -> bool:
-    """True when a launch on `device` runs under Triton's interpreter: forced by TRITON_INTERPRET=1, or CPU tensors."""
-    return os.environ.get("TRITON_INTERPRET") == "1" or torch.device(device).type == "cpu"
+    """True when a launch on `device` runs under Triton's interpreter: forced by TRITON_INTERPRET=1, or CPU tensors.
+
+    CPU tensors need the interpreter switched on before triton.language is imported (kvlab.kernels does that
+    when there is no CUDA): otherwise tl.cdiv, tl.max … are compiled-only and an interpreted kernel cannot call them.
+    """
+    forced = os.environ.get("TRITON_INTERPRET") == "1"
+    if torch.device(device).type == "cpu" and not forced:
+        raise RuntimeError("kvlab's Triton kernels got CPU tensors on a machine with CUDA: pass CUDA tensors, or set "
+                           "TRITON_INTERPRET=1 before importing kvlab.kernels to run them in the interpreter")
+    return forced or torch.device(device).type == "cpu"
 
 
 @dataclass(frozen=True)

@@ -147,7 +147,9 @@ def choose_num_splits(batch: int, num_kv_heads: int, max_context: int, device: t
     """Splits of the context per (sequence, KV head) so that the decode grid fills the GPU.
 
     1 on a CPU / under the interpreter, and when batch × num_kv_heads programs already cover every SM;
-    otherwise enough splits to give each SM a program, but no split shorter than MIN_TOKENS_PER_SPLIT.
+    otherwise enough splits to give each SM a program, but no split shorter than MIN_TOKENS_PER_SPLIT, rounded
+    down to a power of two (each value compiles and autotunes its own kernel: a growing context must not
+    trigger a new compile every 256 tokens).
     `num_sms` overrides the device's SM count (for tests and what-ifs).
     """
     if num_sms is None:
@@ -160,7 +162,8 @@ def choose_num_splits(batch: int, num_kv_heads: int, max_context: int, device: t
         return 1
     to_fill = -(-num_sms // programs)
     longest = max(1, max_context // MIN_TOKENS_PER_SPLIT)
-    return max(1, min(to_fill, longest, MAX_SPLITS))
+    splits = max(1, min(to_fill, longest, MAX_SPLITS))
+    return 1 << (splits.bit_length() - 1)  # a power of two: NUM_SPLITS is a compile-time constant, so few variants
 
 
 def paged_decode_attention(query: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor,

@@ -5,6 +5,7 @@ tests also run compiled on the GPU.
 """
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
@@ -15,8 +16,10 @@ from kvlab.kernels import (choose_num_splits, decode_bytes, paged_decode_attenti
                            paged_prefill_attention, paged_prefill_reference, store_bytes, store_kv,
                            store_kv_reference)
 
+CPU_NEEDS_INTERPRETER = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
 DEVICES = [
-    pytest.param("cpu", id="cpu"),
+    pytest.param("cpu", id="cpu", marks=pytest.mark.skipif(
+        CPU_NEEDS_INTERPRETER, reason="a CUDA machine runs CPU tensors only with TRITON_INTERPRET=1 set before import")),
     pytest.param("cuda", id="cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")),
 ]
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}  # atol = rtol
@@ -206,8 +209,9 @@ def test_paged_decode_honours_scale_strided_query_and_check_false(device):
 def test_choose_num_splits_fills_the_device_without_short_splits():
     assert choose_num_splits(1, 8, 32768, "cpu") == 1  # CPU / interpreter: never split unless forced
     assert choose_num_splits(32, 8, 32768, "cuda", num_sms=132) == 1  # 256 programs already fill 132 SMs
-    assert choose_num_splits(1, 8, 32768, "cuda", num_sms=132) == 17  # 8 programs × 17 splits ≥ 132
+    assert choose_num_splits(1, 8, 32768, "cuda", num_sms=132) == 16  # 17 to fill 132 SMs, rounded to a power of 2
     assert choose_num_splits(1, 8, 1024, "cuda", num_sms=132) == 4  # no split under 256 tokens
+    assert choose_num_splits(1, 8, 1500, "cuda", num_sms=132) == 4  # 5 → 4
     assert choose_num_splits(1, 8, 300, "cuda", num_sms=132) == 1
     assert choose_num_splits(1, 1, 10**6, "cuda", num_sms=132) == 128  # capped
 
@@ -338,3 +342,11 @@ def test_paged_prefill_rejects_bad_q_lens_naming_the_value(q_lens, message):
     query, k_pool, v_pool, table, lens, _ = _prefill_case([8, 2], [4, 2], 4, 1, 2, 16, torch.float32, "cpu")
     with pytest.raises(ValueError, match=re.escape(message)):
         paged_prefill_attention(query, k_pool, v_pool, table, lens, torch.tensor(q_lens, dtype=torch.int32))
+
+
+def test_cpu_tensors_without_the_interpreter_get_a_clear_error(monkeypatch):
+    from kvlab.kernels._common import interpreting
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # what a CUDA machine has
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        interpreting(torch.device("cpu"))

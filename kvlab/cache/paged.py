@@ -92,7 +92,7 @@ class PagedCache(KVCache):
             from kvlab.kernels import store_kv
 
             store_kv(k.reshape(-1, kv_heads, head_dim), v.reshape(-1, kv_heads, head_dim),
-                     self.k_pools[layer], self.v_pools[layer], self._slots.reshape(-1))
+                     self.k_pools[layer], self.v_pools[layer], self._slots.reshape(-1), check=False)
             return
         step = self.current_step
         slots = self._slots[step.valid]  # [N] real tokens only

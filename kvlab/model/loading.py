@@ -28,6 +28,20 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def pick_device(choice: str = "auto") -> torch.device:
+    """A notebook's DEVICE parameter → a device. "auto" honours $KVLAB_DEVICE (the test suite sets it to cpu so
+    that executed notebooks compare equal on any machine), else CUDA when available."""
+    if choice == "auto":
+        choice = os.environ.get("KVLAB_DEVICE", "auto")
+    if choice == "auto":
+        return default_device()
+    if choice not in ("cpu", "cuda"):
+        raise ValueError(f"DEVICE must be 'auto', 'cpu' or 'cuda', got {choice!r}")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ValueError("DEVICE='cuda' but torch sees no CUDA device on this machine")
+    return torch.device(choice)
+
+
 def default_dtype(device: torch.device) -> torch.dtype:
     """float32 on a CPU, bfloat16 on CUDA."""
     return torch.bfloat16 if device.type == "cuda" else torch.float32
