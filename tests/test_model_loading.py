@@ -79,3 +79,10 @@ def test_chat_template_from_the_file_wraps_messages(tokenizer):
     assert rendered.startswith("<|im_start|>system\n")  # the template adds SmolLM's default system prompt
     with_system = tokenizer.apply_chat_template([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}])
     assert with_system.startswith("<|im_start|>system\nBe brief.<|im_end|>")
+
+
+def test_pick_device_honours_kvlab_device_and_names_a_bad_choice(monkeypatch):
+    monkeypatch.setenv("KVLAB_DEVICE", "cpu")
+    assert kvlab.pick_device("auto").type == "cpu"
+    with pytest.raises(ValueError, match="'tpu'"):
+        kvlab.pick_device("tpu")
