@@ -88,7 +88,7 @@ def run(device: torch.device, batches, contexts, block_size: int, dtype: torch.d
         progress: bool = True) -> dict:
     shapes = LLAMA3_8B if device.type == "cuda" else dict(num_q_heads=8, num_kv_heads=2, head_dim=64)
     elem = torch.finfo(dtype).bits // 8
-    copy = measure_copy_bandwidth(device, megabytes=1024 if device.type == "cuda" else 256)
+    copy = measure_copy_bandwidth(device)
     budget = (torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else 4 * 2**30) * memory_fraction
     cases, skipped = [], []
     combos = [(b, c) for b in batches for c in contexts]
@@ -115,7 +115,7 @@ def run(device: torch.device, batches, contexts, block_size: int, dtype: torch.d
             paged_s = median_seconds(lambda: torch_paged_decode(query, k_pool, v_pool, tables, lens), device, 2, 7)
             sdpa_s = median_seconds(lambda: sdpa_decode(query, k_contig, v_contig), device, 2, 7)
         cases.append(DecodeCase(batch, context, block_size, splits, moved, paged_s, sdpa_s, copy.gb_per_s))
-        del inputs
+        del inputs, query, k_pool, v_pool, tables, lens, k_contig, v_contig  # free before the next, larger case
     return {
         "device": device_label(device), "date": time.strftime("%Y-%m-%d"), "dtype": str(dtype).replace("torch.", ""),
         "shapes": shapes, "path": "triton compiled" if device.type == "cuda" else "torch (CPU: no Triton timing)",
