@@ -27,7 +27,11 @@ class ContiguousCache(KVCache):
         self.v = [torch.zeros(shape, device=self.device, dtype=dtype) for _ in range(config.num_layers)]
         self.row_of: dict[int, int] = {}  # seq_id -> slab row
         self.free_rows: deque[int] = deque(range(max_batch))
-        self._rows: torch.Tensor | None = None  # [B] slab rows of the current step
+        # the current step's indices, computed once in _prepare and read by every layer:
+        self._rows: torch.Tensor | None = None  # [B] slab rows
+        self._write_rows: torch.Tensor | None = None  # [N] slab row of each real (not padding) new token
+        self._write_cols: torch.Tensor | None = None  # [N] its position
+        self._span = 0  # positions attention reads: the longest sequence after this step
 
     def _reserve(self, seq_id: int, max_tokens: int) -> None:
         if max_tokens > self.max_len:
@@ -44,19 +48,19 @@ class ContiguousCache(KVCache):
         if too_long:
             raise ValueError(f"sequence {too_long[0][0]} would hold {too_long[0][1]} tokens, over max_len={self.max_len}")
         self._rows = torch.tensor([self.row_of[s] for s in step.seq_ids], device=self.device)
+        self._write_rows = self._rows[:, None].expand_as(step.positions)[step.valid]
+        self._write_cols = step.positions[step.valid]
+        self._span = int(step.kv_lens.max())
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        step = self.current_step
-        rows = self._rows[:, None].expand_as(step.positions)  # [B, T]
-        rows, cols = rows[step.valid], step.positions[step.valid]  # [N] real tokens only
-        self.k[layer][rows, cols] = k[step.valid]
-        self.v[layer][rows, cols] = v[step.valid]
+        valid = self.current_step.valid
+        self.k[layer][self._write_rows, self._write_cols] = k[valid]
+        self.v[layer][self._write_rows, self._write_cols] = v[valid]
 
     def attend(self, layer: int, q: torch.Tensor) -> torch.Tensor:
         step = self.current_step
-        span = int(step.kv_lens.max())
-        k = self.k[layer][self._rows, :span]  # [B, span, Hkv, D]
-        v = self.v[layer][self._rows, :span]
+        k = self.k[layer][self._rows, : self._span]  # [B, span, Hkv, D]
+        v = self.v[layer][self._rows, : self._span]
         return attend_reference(q, k, v, step.positions, step.kv_lens)
 
     def reserved_bytes(self) -> int:

@@ -38,8 +38,13 @@ class PagedCache(KVCache):
         self.k_pools = [torch.zeros(shape, device=self.device, dtype=dtype) for _ in range(config.num_layers)]
         self.v_pools = [torch.zeros(shape, device=self.device, dtype=dtype) for _ in range(config.num_layers)]
         self.block_tables: dict[int, list[int]] = {}  # seq_id -> physical block ids, in logical order
+        # the current step's indices, computed once in _prepare and read by every layer:
         self._slots: torch.Tensor | None = None  # [B, T] int64 slot of each new token, -1 for padding
-        self._table: torch.Tensor | None = None  # [B, max_blocks] int32 block tables of the current step
+        self._valid_slots: torch.Tensor | None = None  # [N] int64 slots of the real (not padding) tokens
+        self._table: torch.Tensor | None = None  # [B, max_blocks] int32 block tables (the kernels' layout)
+        self._table_ids: torch.Tensor | None = None  # [B, max_blocks] int64, the same, for torch indexing
+        self._kv_lens: torch.Tensor | None = None  # [B] int32
+        self._q_lens: torch.Tensor | None = None  # [B] int32
 
     # --- sequences ---------------------------------------------------------------------------------
     def _reserve(self, seq_id: int, max_tokens: int) -> None:
@@ -81,10 +86,14 @@ class PagedCache(KVCache):
         width = max(len(self.block_tables[s]) for s in step.seq_ids)
         rows = [self.block_tables[s] + [0] * (width - len(self.block_tables[s])) for s in step.seq_ids]
         self._table = torch.tensor(rows, dtype=torch.int32, device=self.device)  # [B, max_blocks]
+        self._table_ids = self._table.long()
         logical = torch.div(step.positions, self.block_size, rounding_mode="floor")  # [B, T]
-        physical = self._table.long().gather(1, logical.clamp(max=width - 1))  # [B, T]
+        physical = self._table_ids.gather(1, logical.clamp(max=width - 1))  # [B, T]
         slots = physical * self.block_size + step.positions % self.block_size
         self._slots = torch.where(step.valid, slots, torch.full_like(slots, -1))
+        self._valid_slots = self._slots[step.valid]
+        self._kv_lens = step.kv_lens.to(torch.int32)
+        self._q_lens = step.q_lens.to(torch.int32)
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         kv_heads, head_dim = k.shape[-2:]
@@ -94,31 +103,29 @@ class PagedCache(KVCache):
             store_kv(k.reshape(-1, kv_heads, head_dim), v.reshape(-1, kv_heads, head_dim),
                      self.k_pools[layer], self.v_pools[layer], self._slots.reshape(-1), check=False)
             return
-        step = self.current_step
-        slots = self._slots[step.valid]  # [N] real tokens only
-        self.k_pools[layer].view(-1, kv_heads, head_dim)[slots] = k[step.valid]
-        self.v_pools[layer].view(-1, kv_heads, head_dim)[slots] = v[step.valid]
+        valid = self.current_step.valid
+        self.k_pools[layer].view(-1, kv_heads, head_dim)[self._valid_slots] = k[valid]
+        self.v_pools[layer].view(-1, kv_heads, head_dim)[self._valid_slots] = v[valid]
 
     def attend(self, layer: int, q: torch.Tensor) -> torch.Tensor:
         step = self.current_step
         if self.backend == "triton":
             from kvlab.kernels import paged_decode_attention, paged_prefill_attention
 
-            kv_lens = step.kv_lens.to(torch.int32)
             if step.new_len == 1:
                 out = paged_decode_attention(q[:, 0], self.k_pools[layer], self.v_pools[layer], self._table,
-                                             kv_lens, check=False)  # [B, Hq, D]
+                                             self._kv_lens, check=False)  # [B, Hq, D]
                 return out.unsqueeze(1)
-            return paged_prefill_attention(q, self.k_pools[layer], self.v_pools[layer], self._table, kv_lens,
-                                           step.q_lens.to(torch.int32), check=False)  # [B, T, Hq, D]
+            return paged_prefill_attention(q, self.k_pools[layer], self.v_pools[layer], self._table, self._kv_lens,
+                                           self._q_lens, check=False)  # [B, T, Hq, D]
         k, v = self.gather(layer)
         return attend_reference(q, k, v, step.positions, step.kv_lens)
 
     def gather(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Each sequence's K and V in logical order: two [B, max_blocks · block_size, kv_heads, head_dim]."""
         batch, width = self._table.shape
-        k = self.k_pools[layer][self._table.long()]  # [B, max_blocks, block_size, Hkv, D]
-        v = self.v_pools[layer][self._table.long()]
+        k = self.k_pools[layer][self._table_ids]  # [B, max_blocks, block_size, Hkv, D]
+        v = self.v_pools[layer][self._table_ids]
         return k.reshape(batch, width * self.block_size, *k.shape[3:]), v.reshape(batch, width * self.block_size, *v.shape[3:])
 
     # --- public state for figures and benchmarks ----------------------------------------------------------
