@@ -15,15 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
+from .checks import positive_int
+
 MiB = 2**20
 GiB = 2**30
 GB = 10**9
-
-
-def _positive_int(what: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{what} must be a positive integer, got {value!r}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -40,7 +36,7 @@ class ModelShape:
 
     def __post_init__(self) -> None:
         for field in ("num_layers", "num_heads", "num_kv_heads", "head_dim"):
-            _positive_int(field, getattr(self, field))
+            positive_int(field, getattr(self, field))
         if isinstance(self.context_len, bool) or not isinstance(self.context_len, int) or self.context_len < 0:
             raise ValueError(f"context_len must be a non-negative integer, got {self.context_len!r}")
         if self.num_heads % self.num_kv_heads:
@@ -163,8 +159,8 @@ def kv_bytes_per_token(model: Any, dtype: Any = "bfloat16") -> int | float:
 
 def kv_cache_bytes(model: Any, context_len: int, batch: int = 1, dtype: Any = "bfloat16") -> int | float:
     """Total KV cache bytes for `batch` sequences of `context_len` tokens."""
-    _positive_int("context_len", context_len)
-    _positive_int("batch", batch)
+    positive_int("context_len", context_len)
+    positive_int("batch", batch)
     total = kv_bytes_per_token(model, dtype) * context_len * batch
     assert total > 0
     return _whole(total)
@@ -174,7 +170,7 @@ def max_context_for_budget(model: Any, budget_bytes: float, batch: int = 1, dtyp
     """How many tokens per sequence fit in `budget_bytes` of KV cache (floor)."""
     if isinstance(budget_bytes, bool) or not isinstance(budget_bytes, (int, float)) or budget_bytes < 0:
         raise ValueError(f"budget_bytes must be a non-negative number, got {budget_bytes!r}")
-    _positive_int("batch", batch)
+    positive_int("batch", batch)
     tokens = int(budget_bytes // (kv_bytes_per_token(model, dtype) * batch))
     assert tokens >= 0
     return tokens
@@ -183,7 +179,7 @@ def max_context_for_budget(model: Any, budget_bytes: float, batch: int = 1, dtyp
 def with_kv_heads(model: Any, num_kv_heads: int, name: str | None = None) -> ModelShape:
     """The same model with a different number of K/V heads (an MHA / GQA / MQA variant)."""
     s = resolve_shape(model)
-    _positive_int("num_kv_heads", num_kv_heads)
+    positive_int("num_kv_heads", num_kv_heads)
     if s.num_heads % num_kv_heads:
         raise ValueError(f"num_kv_heads={num_kv_heads} does not divide num_heads={s.num_heads} of {s.name}")
     return replace(s, num_kv_heads=num_kv_heads, name=name or f"{s.name} ({num_kv_heads} kv heads)")

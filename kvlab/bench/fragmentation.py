@@ -38,6 +38,7 @@ from typing import Callable
 
 from ..cache.block_allocator import BlockAllocator, PoolExhausted, blocks_for, check_block_size
 from ..cache.region_allocator import RegionAllocator
+from ..checks import positive_int
 from ..workload import Request, Trace
 
 LAYOUTS = ("contiguous-max", "contiguous-exact", "paged")
@@ -125,8 +126,7 @@ class ReplayResult:
 
 def _check_fits(trace: Trace, layout: str, pool_tokens: int, block_size: int) -> None:
     """ValueError, with the numbers, when the pool cannot hold even the largest request alone."""
-    if isinstance(pool_tokens, bool) or not isinstance(pool_tokens, int) or pool_tokens < 1:
-        raise ValueError(f"pool_tokens must be a positive integer, got {pool_tokens!r}")
+    positive_int("pool_tokens", pool_tokens)
     if layout == "contiguous-max":
         if trace.max_len > pool_tokens:
             raise ValueError(f"a pool of {pool_tokens:,} token slots cannot hold even one contiguous-max "

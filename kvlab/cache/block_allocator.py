@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from collections import deque
 
+from ..checks import positive_int
+
 MAX_BLOCK_SIZE = 256
 
 
@@ -33,9 +35,7 @@ def blocks_for(num_tokens: int, block_size: int) -> int:
 
 class BlockAllocator:
     def __init__(self, num_blocks: int, block_size: int):
-        if isinstance(num_blocks, bool) or not isinstance(num_blocks, int) or num_blocks < 1:
-            raise ValueError(f"num_blocks must be a positive integer, got {num_blocks!r}")
-        self.num_blocks = num_blocks
+        self.num_blocks = positive_int("num_blocks", num_blocks)
         self.block_size = check_block_size(block_size)
         self.free_block_ids: deque[int] = deque(range(num_blocks))
         self.ref_counts: list[int] = [0] * num_blocks

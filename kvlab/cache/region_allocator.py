@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from bisect import bisect_left
 
+from ..checks import positive_int
+
 from .block_allocator import PoolExhausted
 
 
@@ -28,9 +30,7 @@ class NoFreeRegion(PoolExhausted):
 
 class RegionAllocator:
     def __init__(self, capacity_tokens: int):
-        if isinstance(capacity_tokens, bool) or not isinstance(capacity_tokens, int) or capacity_tokens < 1:
-            raise ValueError(f"capacity_tokens must be a positive integer, got {capacity_tokens!r}")
-        self.capacity_tokens = capacity_tokens
+        self.capacity_tokens = positive_int("capacity_tokens", capacity_tokens)
         self.free_holes: list[tuple[int, int]] = [(0, capacity_tokens)]  # (start, length), sorted, never touching
         self.regions: dict[int, int] = {}  # start -> length of each live region
         self._num_free = capacity_tokens

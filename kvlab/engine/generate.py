@@ -10,6 +10,7 @@ import time
 import torch
 
 from ..cache import make_cache
+from ..checks import positive_int
 from .result import GenerationResult, GenerationStats
 from .sampling import check_sampling_args, sample_next
 
@@ -54,8 +55,7 @@ def generate(model, tokenizer, prompts, max_new_tokens: int = 64, cache: str = "
     on_step(step_index, cache, running_seq_ids): called after every step, before finished sequences are freed —
     a figure can read the cache's public state there (block tables, pool occupancy).
     """
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    positive_int("max_new_tokens", max_new_tokens)
     check_sampling_args(temperature, top_p)
     cfg = model.config
     prompt_ids = prepare_prompts(tokenizer, prompts, chat, cfg.context_len, cfg.vocab_size)
