@@ -1,9 +1,10 @@
 """KV cache layouts. Each one owns where K/V live and how attention reads them (see base.KVCache)."""
 from .base import KVCache, Step
-from .contiguous import ContiguousCache
 from .block_allocator import BlockAllocator, PoolExhausted, blocks_for
+from .contiguous import ContiguousCache
 from .none import NoCache
 from .paged import PagedCache
+from .region_allocator import NoFreeRegion, RegionAllocator  # the fragmentation lab's contiguous allocator
 
 CACHE_LAYOUTS = ("none", "contiguous", "paged")
 
@@ -22,8 +23,4 @@ def make_cache(name: str, config, device, dtype, max_batch: int, max_len: int, *
 
 
 __all__ = ["KVCache", "Step", "NoCache", "ContiguousCache", "PagedCache", "BlockAllocator", "PoolExhausted",
-           "blocks_for", "CACHE_LAYOUTS", "make_cache"]
-
-from .region_allocator import NoFreeRegion, RegionAllocator  # noqa: E402  (the fragmentation lab's contiguous allocator)
-
-__all__ += ["RegionAllocator", "NoFreeRegion"]
+           "blocks_for", "RegionAllocator", "NoFreeRegion", "CACHE_LAYOUTS", "make_cache"]
