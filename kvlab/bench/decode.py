@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from kvlab.cache.attention import attend_reference
 from kvlab.kernels import decode_bytes
 
 from .roofs import device_label, measure_copy_bandwidth
@@ -74,14 +75,13 @@ def sdpa_decode(query: torch.Tensor, k_contig: torch.Tensor, v_contig: torch.Ten
 
 
 def torch_paged_decode(query, k_pool, v_pool, tables, context_lens):
-    """The CPU path: gather each sequence's blocks, then SDPA (what PagedCache(backend='torch') does)."""
-    batch, _, head_dim = query.shape
-    k = k_pool[tables.long()].reshape(batch, -1, *k_pool.shape[2:]).transpose(1, 2)  # [B, Hkv, S', D]
-    v = v_pool[tables.long()].reshape(batch, -1, *v_pool.shape[2:]).transpose(1, 2)
-    keep = torch.arange(k.shape[2], device=query.device)[None, :] < context_lens[:, None]  # [B, S']
-    out = F.scaled_dot_product_attention(query.unsqueeze(2), k, v, attn_mask=keep[:, None, None, :],
-                                         enable_gqa=query.shape[1] != k.shape[1])
-    return out.squeeze(2)
+    """The CPU path, as PagedCache(backend='torch') runs it: gather each sequence's blocks, then the reference
+    attention (kvlab.cache.attention) with the new token at position context_len - 1. query [B, Hq, D] → [B, Hq, D]."""
+    batch = query.shape[0]
+    k = k_pool[tables.long()].reshape(batch, -1, *k_pool.shape[2:])  # [B, max_blocks · block_size, Hkv, D]
+    v = v_pool[tables.long()].reshape(batch, -1, *v_pool.shape[2:])
+    lens = context_lens.long()
+    return attend_reference(query.unsqueeze(1), k, v, (lens - 1)[:, None], lens).squeeze(1)
 
 
 def run(device: torch.device, batches, contexts, block_size: int, dtype: torch.dtype, memory_fraction: float = 0.35,
