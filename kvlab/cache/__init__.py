@@ -1,12 +1,15 @@
 """KV cache layouts. Each one owns where K/V live and how attention reads them (see base.KVCache)."""
 from .base import KVCache, Step
 from .block_allocator import BlockAllocator, PoolExhausted, blocks_for
+from .caching_allocator import CachingBlockAllocator
 from .contiguous import ContiguousCache
 from .none import NoCache
 from .paged import PagedCache
+from .prefix_cached import PrefixCachedPagedCache, PrefixEvent, PrefixStats
+from .prefix_index import PrefixIndex, chain_hash
 from .region_allocator import NoFreeRegion, RegionAllocator  # the fragmentation lab's contiguous allocator
 
-CACHE_LAYOUTS = ("none", "contiguous", "paged")
+CACHE_LAYOUTS = ("none", "contiguous", "paged", "prefix")
 
 
 def make_cache(name: str, config, device, dtype, max_batch: int, max_len: int, **options) -> KVCache:
@@ -15,12 +18,14 @@ def make_cache(name: str, config, device, dtype, max_batch: int, max_len: int, *
         return NoCache(config, device, dtype, **options)
     if name == "contiguous":
         return ContiguousCache(config, device, dtype, max_batch=max_batch, max_len=max_len, **options)
-    if name == "paged":
+    if name in ("paged", "prefix"):
         block_size = options.pop("block_size", 16)
         num_blocks = options.pop("num_blocks", None) or max_batch * blocks_for(max_len, block_size)
-        return PagedCache(config, device, dtype, num_blocks=num_blocks, block_size=block_size, **options)
+        layout = PagedCache if name == "paged" else PrefixCachedPagedCache
+        return layout(config, device, dtype, num_blocks=num_blocks, block_size=block_size, **options)
     raise ValueError(f"unknown cache {name!r}; choose one of {', '.join(CACHE_LAYOUTS)}")
 
 
 __all__ = ["KVCache", "Step", "NoCache", "ContiguousCache", "PagedCache", "BlockAllocator", "PoolExhausted",
-           "blocks_for", "RegionAllocator", "NoFreeRegion", "CACHE_LAYOUTS", "make_cache"]
+           "blocks_for", "RegionAllocator", "PrefixCachedPagedCache", "PrefixEvent", "PrefixStats", "PrefixIndex",
+           "CachingBlockAllocator", "chain_hash", "NoFreeRegion", "CACHE_LAYOUTS", "make_cache"]

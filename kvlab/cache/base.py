@@ -27,6 +27,7 @@ class Step:
     positions: torch.Tensor  # [B, T] int64, absolute position of each new token (padding continues the count)
     kv_lens: torch.Tensor  # [B] int64, tokens each sequence attends over once this step is written
     valid: torch.Tensor  # [B, T] bool, True for real (not padding) tokens
+    new_token_ids: list[list[int]] | None = None  # the new tokens' ids per sequence, when the engine gives them
 
     @property
     def batch(self) -> int:
@@ -50,12 +51,14 @@ class KVCache:
         self.current_step: Step | None = None
 
     # --- sequences -------------------------------------------------------------------------------
-    def add_sequence(self, seq_id: int, max_tokens: int) -> None:
-        """Start tracking a sequence that will hold at most `max_tokens` tokens."""
+    def add_sequence(self, seq_id: int, max_tokens: int, prompt_ids: list[int] | None = None) -> int:
+        """Start tracking a sequence that will hold at most `max_tokens` tokens; returns how many tokens of it
+        are already cached (0 here; a prefix cache may find the start of `prompt_ids` among its blocks)."""
         if seq_id in self.lengths:
             raise ValueError(f"sequence {seq_id} is already in the cache")
         self._reserve(seq_id, max_tokens)
         self.lengths[seq_id] = 0
+        return 0
 
     def free_sequence(self, seq_id: int) -> None:
         if seq_id not in self.lengths:
@@ -68,7 +71,8 @@ class KVCache:
         return self.lengths[seq_id]
 
     # --- one step --------------------------------------------------------------------------------
-    def begin_step(self, seq_ids: list[int], num_new: list[int]) -> Step:
+    def begin_step(self, seq_ids: list[int], num_new: list[int], new_token_ids: list[list[int]] | None = None) -> Step:
+        """new_token_ids: the ids of the new tokens per sequence (a prefix cache hashes full blocks by them)."""
         assert self.current_step is None, "end_step() was not called after the previous step"
         if len(seq_ids) != len(num_new) or not seq_ids:
             raise ValueError(f"need one new-token count per sequence, got {len(seq_ids)} ids and {len(num_new)} counts")
@@ -77,6 +81,9 @@ class KVCache:
                 raise KeyError(f"sequence {seq_id} is not in the cache")
             if count < 1:
                 raise ValueError(f"sequence {seq_id}: each step needs at least one new token, got {count}")
+        if new_token_ids is not None and [len(ids) for ids in new_token_ids] != list(num_new):
+            raise ValueError(f"new_token_ids has {[len(ids) for ids in new_token_ids]} ids per sequence, "
+                             f"num_new says {list(num_new)}")
         cached = torch.tensor([self.lengths[s] for s in seq_ids], dtype=torch.int64)
         q_lens = torch.tensor(num_new, dtype=torch.int64)
         offsets = torch.arange(max(num_new), dtype=torch.int64)
@@ -86,6 +93,7 @@ class KVCache:
             positions=(cached[:, None] + offsets[None, :]).to(self.device),
             kv_lens=(cached + q_lens).to(self.device),
             valid=(offsets[None, :] < q_lens[:, None]).to(self.device),
+            new_token_ids=[list(ids) for ids in new_token_ids] if new_token_ids is not None else None,
         )
         self._prepare(step)  # may raise (e.g. out of memory) before anything changes
         self.current_step = step

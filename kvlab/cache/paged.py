@@ -70,19 +70,34 @@ class PagedCache(KVCache):
         for block in shared:
             self.allocator.share(block)
         if partial:
-            for pools in (self.k_pools, self.v_pools):
-                for pool in pools:
-                    pool[fresh[0]] = pool[table[-1]]
+            self._copy_block(table[-1], fresh[0])
         self.block_tables[child] = shared + fresh
         self.lengths[child] = length
 
+    def _copy_block(self, source: int, target: int) -> None:
+        """K and V of physical block `source` into block `target`, in every layer."""
+        for pools in (self.k_pools, self.v_pools):
+            for pool in pools:
+                pool[target] = pool[source]
+
     # --- one step ------------------------------------------------------------------------------------
     def _prepare(self, step: Step) -> None:
-        kv_lens = step.kv_lens.tolist()
-        missing = [blocks_for(n, self.block_size) - len(self.block_tables[s]) for s, n in zip(step.seq_ids, kv_lens)]
-        fresh = iter(self.allocator.allocate(sum(max(0, m) for m in missing)))  # all or nothing (PoolExhausted)
+        self._grow_tables(step)
+        self._index_step(step)
+
+    def _missing_blocks(self, step: Step) -> list[int]:
+        """Blocks each sequence of `step` lacks for the tokens it will hold after the step."""
+        return [max(0, blocks_for(n, self.block_size) - len(self.block_tables[s]))
+                for s, n in zip(step.seq_ids, step.kv_lens.tolist())]
+
+    def _grow_tables(self, step: Step) -> None:
+        missing = self._missing_blocks(step)
+        fresh = iter(self.allocator.allocate(sum(missing)))  # all or nothing (PoolExhausted)
         for seq_id, count in zip(step.seq_ids, missing):
-            self.block_tables[seq_id] += [next(fresh) for _ in range(max(0, count))]
+            self.block_tables[seq_id] += [next(fresh) for _ in range(count)]
+
+    def _index_step(self, step: Step) -> None:
+        """The step's slot mapping and block tables as tensors, once for all layers."""
         width = max(len(self.block_tables[s]) for s in step.seq_ids)
         rows = [self.block_tables[s] + [0] * (width - len(self.block_tables[s])) for s in step.seq_ids]
         self._table = torch.tensor(rows, dtype=torch.int32, device=self.device)  # [B, max_blocks]

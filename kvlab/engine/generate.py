@@ -9,7 +9,7 @@ import time
 
 import torch
 
-from ..cache import make_cache
+from ..cache import KVCache, make_cache
 from ..checks import positive_int
 from .result import GenerationResult, GenerationStats
 from .sampling import check_sampling_args, sample_next
@@ -43,7 +43,7 @@ def prepare_prompts(tokenizer, prompts, chat: bool, context_len: int, vocab_size
     return token_lists
 
 
-def generate(model, tokenizer, prompts, max_new_tokens: int = 64, cache: str = "contiguous",
+def generate(model, tokenizer, prompts, max_new_tokens: int = 64, cache: str | KVCache = "contiguous",
              temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None, chat: bool = False,
              stop_at_eos: bool = True, stop_token_ids: list[int] | None = None, progress: bool = False,
              on_step=None, **cache_options) -> GenerationResult:
@@ -51,7 +51,9 @@ def generate(model, tokenizer, prompts, max_new_tokens: int = 64, cache: str = "
 
     prompts: a string, a list of strings (a ragged batch), or token id lists. Greedy unless temperature > 0
     (then top-p sampling, reproducible with `seed`). chat=True wraps each prompt in the model's chat template.
-    cache_options go to the layout (paged: block_size, num_blocks, backend).
+    cache: a layout's name ("none", "contiguous", "paged", "prefix"), made for this call, or a KVCache object
+    that outlives it — a prefix cache keeps the blocks of earlier calls and reuses their prompts' prefixes.
+    cache_options go to a named layout (paged, prefix: block_size, num_blocks, backend).
     on_step(step_index, cache, running_seq_ids): called after every step, before finished sequences are freed —
     a figure can read the cache's public state there (block tables, pool occupancy).
     """
@@ -61,17 +63,17 @@ def generate(model, tokenizer, prompts, max_new_tokens: int = 64, cache: str = "
     prompt_ids = prepare_prompts(tokenizer, prompts, chat, cfg.context_len, cfg.vocab_size)
     longest = max(len(p) for p in prompt_ids)
     max_len = min(longest + max_new_tokens, cfg.context_len)
-    kv = make_cache(cache, cfg, model.device, model.dtype, max_batch=len(prompt_ids), max_len=max_len, **cache_options)
+    kv = _cache_for(cache, cfg, model, len(prompt_ids), max_len, cache_options)
     stops = set(stop_token_ids if stop_token_ids is not None else [tokenizer.eos_token_id]) if stop_at_eos else set()
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
 
     sequences = [list(p) for p in prompt_ids]  # prompt + generated, per sequence
-    for seq_id, ids in enumerate(prompt_ids):
-        kv.add_sequence(seq_id, min(len(ids) + max_new_tokens, cfg.context_len))
+    cached_prompt_tokens = sum(kv.add_sequence(seq_id, min(len(ids) + max_new_tokens, cfg.context_len), ids)
+                               for seq_id, ids in enumerate(prompt_ids))
     running = list(range(len(prompt_ids)))
     finish = ["length"] * len(prompt_ids)
     stats = GenerationStats(cache=kv.name, device=str(model.device), batch=len(prompt_ids),
-                            prompt_tokens=sum(map(len, prompt_ids)), new_tokens=0, ttft_s=0.0, decode_s=0.0,
+                            prompt_tokens=sum(map(len, prompt_ids)), cached_prompt_tokens=cached_prompt_tokens, new_tokens=0, ttft_s=0.0, decode_s=0.0,
                             decode_tokens=0, weight_bytes_per_step=model.weight_bytes())
     bar = _progress_bar(max_new_tokens, progress)
     start = time.perf_counter()
@@ -120,7 +122,7 @@ def forward_step(model, kv, sequences: list[list[int]], running: list[int]) -> t
     input_ids = torch.zeros(len(running), width, dtype=torch.int64)
     for row, tokens in enumerate(new_tokens):
         input_ids[row, : len(tokens)] = torch.tensor(tokens)
-    step = kv.begin_step(running, [len(t) for t in new_tokens])
+    step = kv.begin_step(running, [len(t) for t in new_tokens], new_tokens)
     try:
         logits = model.forward(input_ids.to(model.device), kv)
     except BaseException:
@@ -129,6 +131,18 @@ def forward_step(model, kv, sequences: list[list[int]], running: list[int]) -> t
     kv_bytes_read = kv.kv_bytes_read(step)
     kv.end_step()
     return logits, kv_bytes_read
+
+
+def _cache_for(cache, cfg, model, batch: int, max_len: int, options: dict) -> KVCache:
+    if not isinstance(cache, KVCache):
+        return make_cache(cache, cfg, model.device, model.dtype, max_batch=batch, max_len=max_len, **options)
+    if options:
+        raise ValueError(f"cache options {sorted(options)} only apply to a cache named by a string, not to a cache object")
+    if cache.lengths:
+        raise ValueError(f"the cache object still holds sequences {sorted(cache.lengths)}: free them first")
+    if cache.device != model.device or cache.dtype != model.dtype:
+        raise ValueError(f"the cache holds {cache.dtype} on {cache.device}, the model runs {model.dtype} on {model.device}")
+    return cache
 
 
 def _progress_bar(total: int, enabled: bool):

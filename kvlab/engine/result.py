@@ -11,6 +11,7 @@ class GenerationStats:
     device: str
     batch: int
     prompt_tokens: int  # summed over the batch
+    cached_prompt_tokens: int  # of those, found in a prefix cache: not prefilled
     new_tokens: int  # summed over the batch
     ttft_s: float  # prefill: prompt in, first token out
     decode_s: float  # every step after the first token
@@ -38,7 +39,9 @@ class GenerationStats:
         return self.bytes_read_per_decode_step / median(self.step_times_s) / 1e9
 
     def summary(self) -> str:
-        return (f"{self.cache} cache on {self.device}: batch {self.batch}, TTFT {self.ttft_s * 1e3:.0f} ms, "
+        reused = (f" ({self.cached_prompt_tokens} of {self.prompt_tokens} prompt tokens from the prefix cache)"
+                  if self.cached_prompt_tokens else "")
+        return (f"{self.cache} cache on {self.device}: batch {self.batch}, TTFT {self.ttft_s * 1e3:.0f} ms{reused}, "
                 f"decode {self.decode_tokens_per_s:.1f} tok/s, {self.bytes_read_per_decode_step / 1e6:.0f} MB read "
                 f"per decode step ({self.decode_gb_per_s:.1f} GB/s)")
 

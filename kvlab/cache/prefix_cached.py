@@ -1,0 +1,206 @@
+"""The "prefix" layout: a paged cache whose full blocks are shared by content (automatic prefix caching).
+
+A new sequence's prompt is cut into blocks and looked up along the hash chain of kvlab.cache.prefix_index;
+the longest run of cached blocks joins its block table by reference, its tokens count as cached, and the
+engine prefills only the rest. Every block that fills up is registered in the index; when its last owner
+finishes it stays cached (evictable) until the space is needed, least recently used first.
+
+Sharing never lets one sequence write into another's K/V:
+* full blocks are never written again, so sharing them is safe;
+* at most the last block of a prompt minus one token is matched — the last prompt token is always computed,
+  since its logits give the first new token;
+* `fork` (parallel sampling, beam-like search) shares every block, the partly filled last one too, and a
+  sequence about to write into a block someone else holds gets its own copy first (copy-on-write).
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from .base import Step
+from .caching_allocator import CachingBlockAllocator
+from .paged import PagedCache
+from .prefix_index import HashFn, PrefixIndex, chain_hash
+
+EVENT_LOG_LENGTH = 200
+
+
+@dataclass
+class PrefixStats:
+    lookups: int = 0  # sequences added with their prompt ids
+    prompt_tokens: int = 0  # over those sequences
+    hit_tokens: int = 0  # prompt tokens found cached (not prefilled)
+    cow_copies: int = 0
+    evicted_blocks: int = 0
+
+    @property
+    def hit_rate(self) -> float:
+        """Share of prompt tokens served from the cache."""
+        return self.hit_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
+
+
+@dataclass(frozen=True)
+class PrefixEvent:
+    kind: str  # "hit", "miss", "cached", "fork", "cow", "evict"
+    seq_id: int | None
+    blocks: tuple[int, ...]
+    text: str
+
+
+class PrefixCachedPagedCache(PagedCache):
+    name = "prefix"
+
+    def __init__(self, config, device, dtype, num_blocks: int, block_size: int = 16, backend: str | None = None,
+                 hash_fn: HashFn = chain_hash):
+        super().__init__(config, device, dtype, num_blocks=num_blocks, block_size=block_size, backend=backend)
+        self.index = PrefixIndex(hash_fn)
+        self.allocator = CachingBlockAllocator(num_blocks, block_size, self.index, on_evict=self._record_eviction)
+        self.token_ids: dict[int, list[int]] = {}  # seq_id -> ids of its cached tokens
+        self.block_hashes: dict[int, list[int]] = {}  # seq_id -> chain hash of each of its full blocks
+        self.stats = PrefixStats()
+        self.events: deque[PrefixEvent] = deque(maxlen=EVENT_LOG_LENGTH)
+
+    # --- sequences -----------------------------------------------------------------------------------
+    def add_sequence(self, seq_id: int, max_tokens: int, prompt_ids: list[int] | None = None) -> int:
+        """Track a new sequence and reuse the longest cached prefix of `prompt_ids` (whole blocks, at most
+        len − 1 tokens); returns the number of tokens found cached."""
+        super().add_sequence(seq_id, max_tokens)
+        self.token_ids[seq_id], self.block_hashes[seq_id] = [], []
+        if prompt_ids is None:
+            return 0
+        matched = self._longest_cached_prefix(prompt_ids)
+        for entry in matched:
+            self.allocator.reuse(entry.block)
+            entry.hits += 1
+        bs, count = self.block_size, len(matched) * self.block_size
+        self.block_tables[seq_id] = [entry.block for entry in matched]
+        self.block_hashes[seq_id] = [entry.hash for entry in matched]
+        self.token_ids[seq_id] = list(prompt_ids[:count])
+        self.lengths[seq_id] = count
+        self.stats.lookups += 1
+        self.stats.prompt_tokens += len(prompt_ids)
+        self.stats.hit_tokens += count
+        matchable = (len(prompt_ids) - 1) // bs
+        if matched:
+            self._log("hit", seq_id, self.block_tables[seq_id],
+                      f"seq {seq_id}: {count} of {len(prompt_ids)} prompt tokens cached ({len(matched)} blocks reused)")
+        else:
+            why = (f"the prompt has no full block before its last token ({len(prompt_ids)} tokens, block size {bs})"
+                   if matchable == 0 else "its first block is not cached")
+            self._log("miss", seq_id, (), f"seq {seq_id}: no cached prefix — {why}")
+        return count
+
+    def _longest_cached_prefix(self, prompt_ids: list[int]):
+        bs, matched = self.block_size, []
+        parent_hash, parent_block = None, None
+        for j in range((len(prompt_ids) - 1) // bs):  # keep ≥ 1 token to compute: its logits are the output
+            block_hash, entry = self.index.lookup(parent_hash, parent_block, prompt_ids[j * bs:(j + 1) * bs])
+            if entry is None:
+                break
+            matched.append(entry)
+            parent_hash, parent_block = block_hash, entry.block
+        return matched
+
+    def _release(self, seq_id: int) -> None:
+        # last block first: a sequence's tail is evicted before its head, which other prompts are likelier to share
+        for block in reversed(self.block_tables.pop(seq_id)):
+            self.allocator.release(block)
+        del self.token_ids[seq_id], self.block_hashes[seq_id]
+
+    def fork(self, parent: int, child: int) -> None:
+        """`child` starts as `parent`, sharing every block — the partly filled last one too, until one of them
+        writes into it (copy-on-write). Takes no block, so it cannot run out of memory."""
+        if child in self.lengths:
+            raise ValueError(f"sequence {child} is already in the cache")
+        if parent not in self.lengths:
+            raise KeyError(f"sequence {parent} is not in the cache")
+        table = self.block_tables[parent]
+        for block in table:
+            self.allocator.share(block)
+        self.block_tables[child] = list(table)
+        self.lengths[child] = self.lengths[parent]
+        self.token_ids[child] = list(self.token_ids[parent])
+        self.block_hashes[child] = list(self.block_hashes[parent])
+        self._log("fork", child, tuple(table), f"seq {child} forked from seq {parent}: shares all {len(table)} blocks")
+
+    # --- one step ------------------------------------------------------------------------------------
+    def _grow_tables(self, step: Step) -> None:
+        if step.new_token_ids is None:
+            raise ValueError("the prefix cache hashes blocks by their tokens: pass begin_step(..., new_token_ids=...)")
+        copy_on_write = self._sequences_writing_into_shared_blocks(step)
+        missing = self._missing_blocks(step)
+        fresh = iter(self.allocator.allocate(len(copy_on_write) + sum(missing)))  # all or nothing (PoolExhausted)
+        for seq_id in copy_on_write:
+            table, copy = self.block_tables[seq_id], next(fresh)
+            shared = table[-1]
+            self._copy_block(shared, copy)
+            table[-1] = copy
+            self.allocator.release(shared)
+            self.stats.cow_copies += 1
+            self._log("cow", seq_id, (shared, copy),
+                      f"seq {seq_id} writes into shared block {shared}: copied to block {copy} first")
+        for seq_id, count in zip(step.seq_ids, missing):
+            self.block_tables[seq_id] += [next(fresh) for _ in range(count)]
+
+    def _sequences_writing_into_shared_blocks(self, step: Step) -> list[int]:
+        """Sequences whose next token lands in a partly filled block that others hold too. The last writer
+        of such a block in this step keeps it (nobody else will read its old contents)."""
+        holders_left: dict[int, int] = {}
+        writers = []
+        for seq_id in step.seq_ids:
+            if self.lengths[seq_id] % self.block_size == 0:
+                continue  # its next token starts a fresh block
+            block = self.block_tables[seq_id][-1]
+            left = holders_left.setdefault(block, self.allocator.ref_counts[block])
+            if left > 1:
+                writers.append(seq_id)
+                holders_left[block] = left - 1
+        return writers
+
+    def _commit(self, step: Step) -> None:
+        super()._commit(step)
+        for seq_id, ids in zip(step.seq_ids, step.new_token_ids):
+            self.token_ids[seq_id] += ids
+            self._register_full_blocks(seq_id)
+
+    def _register_full_blocks(self, seq_id: int) -> None:
+        """Hash every block of the sequence that is now full, and cache it unless its content is cached already."""
+        bs, table, hashes, ids = self.block_size, self.block_tables[seq_id], self.block_hashes[seq_id], self.token_ids[seq_id]
+        registered = []
+        for j in range(len(hashes), len(ids) // bs):
+            parent_hash, parent = (hashes[j - 1], table[j - 1]) if j else (None, None)
+            block_hash = self.index.hash_fn(parent_hash, ids[j * bs:(j + 1) * bs])
+            hashes.append(block_hash)
+            if self.index.register(table[j], block_hash, parent, ids[j * bs:(j + 1) * bs]):
+                registered.append(table[j])
+        if registered:
+            self._log("cached", seq_id, tuple(registered), f"seq {seq_id}: blocks {_ids(registered)} full and cached")
+
+    # --- events and public state ------------------------------------------------------------------------
+    def _record_eviction(self, blocks: list[int]) -> None:
+        self.stats.evicted_blocks += len(blocks)
+        below = f" (and {_ids(blocks[:-1])} cached below it)" if len(blocks) > 1 else ""
+        self._log("evict", None, tuple(blocks), f"evicted least recently used block {blocks[-1]}{below}")
+
+    def _log(self, kind: str, seq_id: int | None, blocks, text: str) -> None:
+        self.events.append(PrefixEvent(kind, seq_id, tuple(blocks), text))
+
+    def shared_blocks(self) -> int:
+        """Blocks held by more than one sequence right now."""
+        return sum(1 for refs in self.allocator.ref_counts if refs > 1)
+
+    def saved_bytes(self) -> int:
+        """Memory that sharing saves right now: every extra owner of a block would otherwise need its own copy."""
+        return sum(refs - 1 for refs in self.allocator.ref_counts if refs > 1) * self.block_bytes()
+
+    def used_bytes(self) -> int:
+        """Distinct cached tokens held by sequences (a shared block counts once)."""
+        fills: dict[int, int] = {}
+        for seq_id, table in self.block_tables.items():
+            for j, block in enumerate(table):
+                fills[block] = max(fills.get(block, 0), min(self.block_size, self.lengths[seq_id] - j * self.block_size))
+        return sum(fills.values()) * self.bytes_per_token()
+
+
+def _ids(blocks) -> str:
+    return ", ".join(map(str, blocks))
