@@ -252,3 +252,31 @@ def test_token_id_outside_the_vocabulary_is_a_value_error_naming_it(model, token
 def test_boolean_max_new_tokens_is_rejected(model, tokenizer):
     with pytest.raises(ValueError, match="True"):
         kvlab.generate(model, tokenizer, "Hi", max_new_tokens=True)
+
+
+# --- parallel sampling (num_samples): one prefill, then forks ---------------------------------------------------
+def test_parallel_samples_are_identical_whether_fork_copies_at_once_or_on_write(model, tokenizer):
+    options = dict(max_new_tokens=8, temperature=0.9, seed=3, num_samples=3, block_size=4)
+    eager = generate(model, tokenizer, PROMPTS, cache="paged", **options)
+    on_write = generate(model, tokenizer, PROMPTS, cache="prefix", **options)
+    assert eager.token_ids == on_write.token_ids
+    assert len(eager.token_ids) == 6 and eager.prompt_token_ids[2] == eager.prompt_token_ids[0]
+    assert len({tuple(ids) for ids in eager.token_ids[:3]}) > 1  # the samples of one prompt differ
+
+
+def test_greedy_parallel_samples_equal_a_single_run_and_copy_the_shared_block_on_write(model, tokenizer):
+    from kvlab.cache import PrefixCachedPagedCache
+
+    cache = PrefixCachedPagedCache(model.config, model.device, model.dtype, num_blocks=32, block_size=16)
+    forked = generate(model, tokenizer, PROMPTS[0], max_new_tokens=6, num_samples=2, cache=cache)
+    alone = generate(model, tokenizer, PROMPTS[0], max_new_tokens=6, cache="contiguous")
+    assert forked.token_ids == [alone.token_ids[0]] * 2
+    assert cache.stats.cow_copies == 1  # the 4-token prompt's block: shared by the fork, copied by its first write
+    assert not cache.lengths and cache.allocator.num_used == 0  # generate freed both samples
+
+
+def test_parallel_sampling_on_a_layout_that_cannot_fork_is_refused(model, tokenizer):
+    with pytest.raises(ValueError, match="num_samples=2.*'contiguous'"):
+        generate(model, tokenizer, PROMPTS[0], max_new_tokens=2, num_samples=2, cache="contiguous")
+    with pytest.raises(ValueError, match="num_samples must be a positive integer, got 0"):
+        generate(model, tokenizer, PROMPTS[0], max_new_tokens=2, num_samples=0)

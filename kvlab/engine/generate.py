@@ -46,11 +46,14 @@ def prepare_prompts(tokenizer, prompts, chat: bool, context_len: int, vocab_size
 def generate(model, tokenizer, prompts, max_new_tokens: int = 64, cache: str | KVCache = "contiguous",
              temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None, chat: bool = False,
              stop_at_eos: bool = True, stop_token_ids: list[int] | None = None, progress: bool = False,
-             on_step=None, **cache_options) -> GenerationResult:
+             num_samples: int = 1, on_step=None, **cache_options) -> GenerationResult:
     """Generate up to `max_new_tokens` for each prompt through the named cache layout.
 
     prompts: a string, a list of strings (a ragged batch), or token id lists. Greedy unless temperature > 0
     (then top-p sampling, reproducible with `seed`). chat=True wraps each prompt in the model's chat template.
+    num_samples > 1: parallel sampling — each prompt is prefilled once, then forked into that many sequences
+    (the cache must fork: "paged" copies the partly filled block at once, "prefix" shares it until one writes);
+    the result lists the samples of prompt 0 first, then those of prompt 1, and so on.
     cache: a layout's name ("none", "contiguous", "paged", "prefix"), made for this call, or a KVCache object
     that outlives it — a prefix cache keeps the blocks of earlier calls and reuses their prompts' prefixes.
     cache_options go to a named layout (paged, prefix: block_size, num_blocks, backend).
@@ -58,61 +61,82 @@ def generate(model, tokenizer, prompts, max_new_tokens: int = 64, cache: str | K
     a figure can read the cache's public state there (block tables, pool occupancy).
     """
     positive_int("max_new_tokens", max_new_tokens)
+    samples = positive_int("num_samples", num_samples)
     check_sampling_args(temperature, top_p)
     cfg = model.config
     prompt_ids = prepare_prompts(tokenizer, prompts, chat, cfg.context_len, cfg.vocab_size)
     longest = max(len(p) for p in prompt_ids)
     max_len = min(longest + max_new_tokens, cfg.context_len)
-    kv = _cache_for(cache, cfg, model, len(prompt_ids), max_len, cache_options)
+    kv = _cache_for(cache, cfg, model, len(prompt_ids) * samples, max_len, cache_options)
+    if samples > 1 and not hasattr(kv, "fork"):
+        raise ValueError(f"num_samples={samples} forks each prompt's cache, which the {kv.name!r} layout cannot do; "
+                         f"use cache='paged' or cache='prefix'")
     stops = set(stop_token_ids if stop_token_ids is not None else [tokenizer.eos_token_id]) if stop_at_eos else set()
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
 
-    sequences = [list(p) for p in prompt_ids]  # prompt + generated, per sequence
-    cached_prompt_tokens = sum(kv.add_sequence(seq_id, min(len(ids) + max_new_tokens, cfg.context_len), ids)
-                               for seq_id, ids in enumerate(prompt_ids))
-    running = list(range(len(prompt_ids)))
-    finish = ["length"] * len(prompt_ids)
-    stats = GenerationStats(cache=kv.name, device=str(model.device), batch=len(prompt_ids),
-                            prompt_tokens=sum(map(len, prompt_ids)), cached_prompt_tokens=cached_prompt_tokens, new_tokens=0, ttft_s=0.0, decode_s=0.0,
-                            decode_tokens=0, weight_bytes_per_step=model.weight_bytes())
+    # sequence id p·samples + k is sample k of prompt p: prompt + generated tokens
+    sequences: list[list[int]] = [list(prompt_ids[i // samples]) for i in range(len(prompt_ids) * samples)]
+    running = [p * samples for p in range(len(prompt_ids))]  # the forks join after the prefill step
+    finish = ["length"] * len(sequences)
+    stats = GenerationStats(cache=kv.name, device=str(model.device), batch=len(sequences),
+                            prompt_tokens=sum(map(len, prompt_ids)), cached_prompt_tokens=0, new_tokens=0,
+                            ttft_s=0.0, decode_s=0.0, decode_tokens=0, weight_bytes_per_step=model.weight_bytes())
     bar = _progress_bar(max_new_tokens, progress)
-    start = time.perf_counter()
-    for step_index in range(max_new_tokens):
-        step_start = time.perf_counter()
-        logits, kv_bytes_read = forward_step(model, kv, sequences, running)
-        next_ids = sample_next(logits, temperature, top_p, generator).tolist()
-        _sync(model.device)
-        elapsed = time.perf_counter() - step_start
-        if step_index == 0:
-            stats.ttft_s = time.perf_counter() - start
-        else:
-            stats.decode_s += elapsed
-            stats.decode_tokens += len(running)
-            stats.step_times_s.append(elapsed)
-            stats.step_context_lens.append(max(len(sequences[s]) for s in running))
-            stats.kv_bytes_read_per_step.append(kv_bytes_read)
-        if on_step is not None:
-            on_step(step_index, kv, list(running))
-        for seq_id, token in zip(list(running), next_ids):
-            sequences[seq_id].append(token)
-            stats.new_tokens += 1
-            at_limit = len(sequences[seq_id]) >= cfg.context_len
-            if token in stops or at_limit:
-                finish[seq_id] = "eos" if token in stops else "length"
-                running.remove(seq_id)
+    try:
+        for seq_id in running:
+            max_tokens = min(len(sequences[seq_id]) + max_new_tokens, cfg.context_len)
+            stats.cached_prompt_tokens += kv.add_sequence(seq_id, max_tokens, sequences[seq_id])
+        start = time.perf_counter()
+        for step_index in range(max_new_tokens):
+            step_start = time.perf_counter()
+            logits, kv_bytes_read = forward_step(model, kv, sequences, running)
+            if step_index == 0 and samples > 1:
+                running = _fork_samples(kv, sequences, running, samples)
+                logits = logits.repeat_interleave(samples, dim=0)  # [B · samples, vocab]: one draw per sample
+            next_ids = sample_next(logits, temperature, top_p, generator).tolist()
+            _sync(model.device)
+            elapsed = time.perf_counter() - step_start
+            if step_index == 0:
+                stats.ttft_s = time.perf_counter() - start
+            else:
+                stats.decode_s += elapsed
+                stats.decode_tokens += len(running)
+                stats.step_times_s.append(elapsed)
+                stats.step_context_lens.append(max(len(sequences[s]) for s in running))
+                stats.kv_bytes_read_per_step.append(kv_bytes_read)
+            if on_step is not None:
+                on_step(step_index, kv, list(running))
+            for seq_id, token in zip(list(running), next_ids):
+                sequences[seq_id].append(token)
+                stats.new_tokens += 1
+                at_limit = len(sequences[seq_id]) >= cfg.context_len
+                if token in stops or at_limit:
+                    finish[seq_id] = "eos" if token in stops else "length"
+                    running.remove(seq_id)
+                    kv.free_sequence(seq_id)
+            if bar is not None:
+                bar.update(1)
+            if not running:
+                break
+    finally:
+        for seq_id in range(len(sequences)):  # also after an error: a cache object must not keep them
+            if seq_id in kv.lengths:
                 kv.free_sequence(seq_id)
         if bar is not None:
-            bar.update(1)
-        if not running:
-            break
-    for seq_id in running:
-        kv.free_sequence(seq_id)
-    if bar is not None:
-        bar.close()
+            bar.close()
 
-    generated = [seq[len(prompt):] for seq, prompt in zip(sequences, prompt_ids)]
+    prompts_per_sample = [prompt_ids[i // samples] for i in range(len(sequences))]
+    generated = [seq[len(prompt):] for seq, prompt in zip(sequences, prompts_per_sample)]
     texts = [tokenizer.decode([t for t in ids if t not in stops]) for ids in generated]
-    return GenerationResult(prompt_ids, generated, texts, finish, stats)
+    return GenerationResult(prompts_per_sample, generated, texts, finish, stats)
+
+
+def _fork_samples(kv, sequences: list[list[int]], running: list[int], samples: int) -> list[int]:
+    """After the prefill step: sequence p·samples forks into p·samples + 1 … p·samples + samples − 1."""
+    for parent in running:
+        for child in range(parent + 1, parent + samples):
+            kv.fork(parent, child)
+    return [parent + k for parent in running for k in range(samples)]
 
 
 def forward_step(model, kv, sequences: list[list[int]], running: list[int]) -> tuple[torch.Tensor, int]:
