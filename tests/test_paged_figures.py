@@ -1,14 +1,16 @@
-"""The paged-cache figures draw the real state of real caches: owners, fills, sharing, reservation shares."""
+"""The paged-cache figures draw the real state of real caches: owners, fills, sharing, evictable blocks, reservation
+shares."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from kvlab.bench.decode import DecodeCase
-from kvlab.cache import ContiguousCache, PagedCache
+from kvlab.cache import ContiguousCache, PagedCache, PrefixCachedPagedCache
 from kvlab.model.config import LlamaConfig
-from kvlab.viz.paged_figures import (FREE_COLOUR, block_fills, block_tables_figure, decode_bandwidth_figure,
-                                     occupancy_figure, pool_figure, reservation_figure, sequence_colour, snapshot)
+from kvlab.viz.paged_figures import (CACHED_ONLY_COLOUR, FREE_COLOUR, block_fills, block_tables_figure,
+                                     decode_bandwidth_figure, occupancy_figure, pool_figure, reservation_figure,
+                                     sequence_colour, snapshot)
 
 TINY = LlamaConfig(name="tiny", num_layers=2, hidden_size=64, ffn_size=128, num_heads=4, num_kv_heads=2, head_dim=16,
                    vocab_size=100, context_len=512, rope_base=10000.0, rms_eps=1e-5, tied_embeddings=True,
@@ -129,3 +131,24 @@ def test_decode_bandwidth_figure_draws_each_batch_under_the_copy_line():
     assert paged == {"paged, batch 1": [256e3 / 1e-3 / 1e9, 1024e3 / 1e-3 / 1e9],
                      "paged, batch 4": [4 * 256e3 / 1e-3 / 1e9, 4 * 1024e3 / 1e-3 / 1e9]}
     assert fig.layout.shapes[0].y0 == 20.0
+
+
+def test_pool_figure_of_a_prefix_cache_shows_evictable_blocks_with_their_lru_rank():
+    cache = PrefixCachedPagedCache(TINY, "cpu", torch.float32, num_blocks=8, block_size=BS)
+    cache.add_sequence(0, 9, [3] * 9)
+    cache.begin_step([0], [9], [[3] * 9])
+    cache.end_step()
+    cache.add_sequence(1, 5, [4] * 5)
+    cache.begin_step([1], [5], [[4] * 5])
+    cache.end_step()
+    cache.free_sequence(0)  # full blocks 1 then 0 become evictable (last block first); the partial one is free
+    assert cache.allocator.lru_order() == [1, 0]
+    fig = pool_figure(cache, columns=8)
+    heat, labels = fig.data[0], list(fig.data[0].colorbar.ticktext)
+    assert labels == ["free", "cached, no owner", "seq 1"]
+    assert [labels[z] for z in heat.z[0]] == ["cached, no owner", "cached, no owner", "free", "seq 1", "seq 1",
+                                             "free", "free", "free"]
+    assert list(heat.text[0][:2]) == ["#0<br>LRU 1", "#1<br>LRU 0"]
+    assert dict(heat.colorscale)[1 / 3] == CACHED_ONLY_COLOUR
+    assert sorted(round(shape.x0 + 0.45) for shape in fig.layout.shapes) == [0, 1]  # dotted outlines
+    assert "2 of 8 blocks in use, 2 cached without owner (LRU rank shown), 4 free" in fig.layout.title.text

@@ -6,22 +6,29 @@ free_sequence, fork) and draws only what the cache exposes, with the figures of 
 * model (model + tokenizer): a request is prompt text, prefilled and decoded greedily by the real model.
 A request keeps its token ids; the last one is the next token, cached by the step that feeds it (as in
 kvlab.generate). In bookkeeping mode the ids are placeholders: only their count matters.
+
+PrefixCacheLab is the same lab over a PrefixCachedPagedCache (`block_table_lab(layout="prefix")`): requests that
+share a prompt prefix share its blocks, and the view adds the cache's event log and its radix tree.
 """
 from __future__ import annotations
 
 import functools
 import html
+import re
 from dataclasses import dataclass
 
 import ipywidgets as widgets
 import plotly.graph_objects as go
 import torch
 
-from ..cache import PagedCache, PoolExhausted
+from ..cache import PagedCache, PoolExhausted, PrefixCachedPagedCache, blocks_for
 from ..engine.generate import forward_step, prepare_prompts
+from ..memory import format_bytes
 from .paged_figures import block_fills, pool_figure, sequence_colour
+from .radix_figures import radix_figure
 
 ERROR_COLOUR = "#c0392b"
+SHARED_CELL_COLOUR = "#d6eaf8"
 BUTTONS = ("Add request", "Decode", "Finish", "Fork", "Reset")
 
 
@@ -30,10 +37,18 @@ class Request:
     token_ids: list[int]  # prompt + generated; the last one is not cached until the next step feeds it
     prompt_len: int
     max_new_tokens: int | None  # None: until the pool or the model's context runs out (or EOS, model mode)
+    cached_tokens: int = 0  # prompt tokens the cache already held when the request came (a prefix hit)
+    label: str = ""  # the request as it was written
 
     @property
     def new_tokens(self) -> list[int]:
         return self.token_ids[self.prompt_len:]
+
+
+def _cached_note(request: Request) -> str:
+    if not request.cached_tokens:
+        return ""
+    return f", {request.cached_tokens} of {request.prompt_len} prompt tokens from the cache"
 
 
 def _positive_int(value, what: str) -> int:
@@ -55,24 +70,37 @@ def _redraws(method):
 
 
 def _redraw(view: go.FigureWidget, fresh: go.Figure) -> None:
-    """Show `fresh` (one trace, like `view`) in the live widget: the trace and the changing layout replaced."""
-    trace = fresh.data[0].to_plotly_json()
-    trace.pop("type")
+    """Show `fresh` (the same traces as `view`, in order) in the live widget: traces and changing layout replaced."""
+    assert [t.type for t in view.data] == [t.type for t in fresh.data], "a redraw keeps the figure's traces"
     with view.batch_update():
-        view.data[0].update(trace, overwrite=True)
+        for shown, trace in zip(view.data, fresh.data):
+            trace = trace.to_plotly_json()
+            trace.pop("type")
+            shown.update(trace, overwrite=True)
         view.layout.update(title=fresh.layout.title, height=fresh.layout.height, shapes=fresh.layout.shapes,
-                           overwrite=True)
+                           annotations=fresh.layout.annotations, xaxis=fresh.layout.xaxis, overwrite=True)
+
+
+def _block_cell(cache, block: int | None) -> str:
+    """One block id of a block table; a block that several sequences hold is shaded and marked ×refs."""
+    if block is None:
+        return "<td></td>"
+    refs = cache.allocator.ref_counts[block]
+    if refs < 2:
+        return f"<td>{block}</td>"
+    return (f"<td class='kvlab-shared' title='shared by {refs} sequences' style='background:{SHARED_CELL_COLOUR};"
+            f"font-weight:bold'>{block} ×{refs}</td>")
 
 
 def block_tables_html(cache) -> str:
-    """Each sequence's block table as an HTML table: logical block j → physical block id."""
+    """Each sequence's block table as an HTML table: logical block j → physical block id (shared ones marked)."""
     seq_ids = sorted(cache.block_tables)
     width = max((len(cache.block_tables[s]) for s in seq_ids), default=0)
     head = "".join(f"<th>logical {j}</th>" for j in range(width))
     rows = []
     for s in seq_ids:
         table = cache.block_tables[s]
-        cells = "".join(f"<td>{table[j] if j < len(table) else ''}</td>" for j in range(width))
+        cells = "".join(_block_cell(cache, table[j] if j < len(table) else None) for j in range(width))
         rows.append(f'<tr><td style="background:{sequence_colour(s)};color:white">seq {s}</td>'
                     f"<td>{cache.lengths.get(s, 0)}</td><td>{len(table)}</td>{cells}</tr>")
     return (f"<b>Block tables</b> (physical block ids; token t sits in slot table[t // {cache.block_size}] × "
@@ -83,6 +111,10 @@ def block_tables_html(cache) -> str:
 class BlockTableLab:
     """Buttons over a real PagedCache; `add_request`, `decode`, `finish`, `fork`, `reset` are the same actions
     in Python (they raise ValueError / PoolExhausted, the buttons show those as a message)."""
+
+    cache_class = PagedCache
+    request_hint = "prompt length, e.g. 12"  # the request box's placeholder in bookkeeping mode
+    finished_note = "its blocks are back in the pool"
 
     def __init__(self, config=None, num_blocks: int = 32, block_size: int = 8, model=None, tokenizer=None,
                  device=None, dtype: torch.dtype | None = None, columns: int = 16):
@@ -110,13 +142,14 @@ class BlockTableLab:
         limit = _positive_int(max_new_tokens, "max new tokens") if max_new_tokens else None
         seq_id = self._next_id
         max_tokens = min(len(token_ids) + (limit or 0), self.config.context_len)
-        self.cache.add_sequence(seq_id, max_tokens)  # ValueError: it could never fit the pool
-        self.requests[seq_id] = Request(token_ids, len(token_ids), limit)
         try:
+            cached = self._admit(seq_id, max_tokens, token_ids)  # ValueError: it could never fit the pool
+            self.requests[seq_id] = Request(token_ids, len(token_ids), limit, cached, str(prompt))
             self._step([seq_id])
         except BaseException as error:
-            self.cache.free_sequence(seq_id)  # gives back any block a failed step took
-            del self.requests[seq_id]
+            if seq_id in self.cache.lengths:
+                self.cache.free_sequence(seq_id)  # gives back any block a failed step took
+            self.requests.pop(seq_id, None)
             if isinstance(error, PoolExhausted):
                 error.add_note(f"(the request of {len(token_ids)} prompt tokens was not added)")
             raise
@@ -138,9 +171,7 @@ class BlockTableLab:
             try:
                 self._step(running)
             except PoolExhausted as error:
-                crossing = [s for s in running if self.cache.num_cached(s) % self.block_size == 0]
-                error.add_note(f"at decode step {index + 1} of {steps}, seq {', '.join(map(str, crossing))} "
-                               f"cross into a new block")
+                error.add_note(f"at decode step {index + 1} of {steps}, {self._who_needs_a_block(running)}")
                 raise
             finished += self._finish_done()
         return finished
@@ -153,12 +184,14 @@ class BlockTableLab:
 
     @_redraws
     def fork(self, seq_id: int | None) -> int:
-        """A new sequence continuing `seq_id`: full blocks shared, the partly filled last one copied."""
+        """A new sequence continuing `seq_id`: full blocks shared, the partly filled last one copied (prefix
+        layout: shared too, until one of them writes into it)."""
         self._check_running(seq_id, "fork")
         child = self._next_id
         self.cache.fork(seq_id, child)  # PoolExhausted (no block for the copy) changes nothing
         parent = self.requests[seq_id]
-        self.requests[child] = Request(list(parent.token_ids), parent.prompt_len, parent.max_new_tokens)
+        self.requests[child] = Request(list(parent.token_ids), parent.prompt_len, parent.max_new_tokens,
+                                       label=f"fork of seq {seq_id}")
         self._next_id += 1
         return child
 
@@ -169,10 +202,14 @@ class BlockTableLab:
 
     # --- mechanics -----------------------------------------------------------------------------------
     def _new_cache(self) -> None:
-        self.cache = PagedCache(self.config, self.device, self.dtype, num_blocks=self.num_blocks,
-                                block_size=self.block_size, backend="torch")
+        self.cache = self.cache_class(self.config, self.device, self.dtype, num_blocks=self.num_blocks,
+                                      block_size=self.block_size, backend="torch")
         self.requests: dict[int, Request] = {}
         self._next_id = 0
+
+    def _admit(self, seq_id: int, max_tokens: int, token_ids: list[int]) -> int:
+        """Start the sequence in the cache; returns how many of its prompt tokens the cache already holds."""
+        return self.cache.add_sequence(seq_id, max_tokens, token_ids)
 
     def _parse(self, prompt) -> list[int]:
         """A prompt length → placeholder ids (bookkeeping mode); prompt text → its token ids (model mode)."""
@@ -189,7 +226,8 @@ class BlockTableLab:
         """One step through the real cache: each sequence feeds its uncached tokens (the prompt, then one)."""
         tokens = {s: self.requests[s].token_ids for s in seq_ids}
         if self.model is None:
-            self.cache.begin_step(seq_ids, [len(tokens[s]) - self.cache.num_cached(s) for s in seq_ids])
+            new_ids = [tokens[s][self.cache.num_cached(s):] for s in seq_ids]
+            self.cache.begin_step(seq_ids, [len(ids) for ids in new_ids], new_ids)
             self.cache.end_step()
             next_ids = [0] * len(seq_ids)
         else:
@@ -210,6 +248,20 @@ class BlockTableLab:
         at_eos = self.tokenizer is not None and request.token_ids[-1] == self.tokenizer.eos_token_id
         return at_limit or at_eos or len(request.token_ids) >= self.config.context_len
 
+    def _who_needs_a_block(self, running: list[int]) -> str:
+        """Which sequences a decode step must give a block: those crossing into a new one, and those about to
+        write into a partly filled block that others hold too (copy-on-write, prefix layout)."""
+        crossing = [s for s in running if self.cache.num_cached(s) % self.block_size == 0]
+        ref_counts = self.cache.allocator.ref_counts
+        copying = [s for s in running if s not in crossing and ref_counts[self.cache.block_tables[s][-1]] > 1]
+        parts = [f"seq {', '.join(map(str, crossing))} cross into a new block"] if crossing else []
+        if copying:
+            parts.append(f"seq {', '.join(map(str, copying))} write into a shared block (copy-on-write)")
+        return " and ".join(parts)
+
+    def _fork_message(self, child: int) -> str:
+        return f"new seq {child} shares its full blocks"
+
     def _check_running(self, seq_id, action: str) -> None:
         if not self.running:
             raise ValueError(f"nothing is running: there is no sequence to {action}")
@@ -222,16 +274,18 @@ class BlockTableLab:
         return pool_figure(self.cache, self.columns)
 
     def status_text(self) -> str:
+        shared = sum(1 for refs in self.cache.allocator.ref_counts if refs > 1)
+        return " · ".join(self._status_parts() + ([f"{shared} shared blocks"] if shared else []))
+
+    def _status_parts(self) -> list[str]:
         allocator = self.cache.allocator
         waste = sum(self.block_size - fill for _, fill in block_fills(self.cache).values())
-        shared = sum(1 for refs in allocator.ref_counts if refs > 1)
-        return (f"{allocator.num_used} of {allocator.num_blocks} blocks used · {len(self.running)} sequences"
-                f" · {sum(self.cache.lengths.values())} tokens · internal waste {waste} slots"
-                + (f" · {shared} shared blocks" if shared else ""))
+        return [f"{allocator.num_used} of {allocator.num_blocks} blocks used", f"{len(self.running)} sequences",
+                f"{sum(self.cache.lengths.values())} tokens", f"internal waste {waste} slots"]
 
     def _build_view(self) -> widgets.VBox:
         self.request_box = widgets.Text(description="request",
-                                        placeholder="prompt text" if self.model else "prompt length, e.g. 12")
+                                        placeholder="prompt text" if self.model else self.request_hint)
         self.max_new_box = widgets.IntText(value=0, description="max new")  # 0: no limit
         self.steps_box = widgets.IntText(value=1, description="N")
         self.sequence_menu = widgets.Dropdown(description="sequence", options=[])
@@ -266,8 +320,8 @@ class BlockTableLab:
             state = "running" if seq_id in self.cache.lengths else "finished"
             prompt = html.escape(self.tokenizer.decode(request.token_ids[:request.prompt_len]))
             new = html.escape(self.tokenizer.decode(request.new_tokens))
-            rows.append(f"<li><span style='color:{sequence_colour(seq_id)}'>■</span> seq {seq_id} ({state}): "
-                        f"{prompt}<b>{new}</b></li>")
+            rows.append(f"<li><span style='color:{sequence_colour(seq_id)}'>■</span> seq {seq_id} ({state}"
+                        f"{_cached_note(request)}): {prompt}<b>{new}</b></li>")
         return "<ul>" + "".join(rows) + "</ul>"
 
     def _say(self, text: str, colour: str = "inherit") -> None:
@@ -280,8 +334,8 @@ class BlockTableLab:
             "Add request": (f"request {text!r}",
                             lambda: f"added as seq {self.add_request(text, self.max_new_box.value)}"),
             "Decode": (f"decode {steps}", lambda: f"done; finished: {self.decode(steps) or 'none'}"),
-            "Finish": (f"finish seq {seq_id}", lambda: self.finish(seq_id) or "its blocks are back in the pool"),
-            "Fork": (f"fork seq {seq_id}", lambda: f"new seq {self.fork(seq_id)} shares its full blocks"),
+            "Finish": (f"finish seq {seq_id}", lambda: self.finish(seq_id) or self.finished_note),
+            "Fork": (f"fork seq {seq_id}", lambda: self._fork_message(self.fork(seq_id))),
             "Reset": ("reset", lambda: self.reset() or "a fresh, empty pool"),
         }[name]
         try:
@@ -293,11 +347,135 @@ class BlockTableLab:
         return self.widget._repr_mimebundle_(**kwargs)
 
 
+SHARED_REQUEST = re.compile(r"(?P<name>[A-Za-z_][\w-]*):(?P<shared>\d+)(?:\+(?P<own>\d+))?")
+EVENT_COLOURS = {"hit": "#1e8449", "miss": "#7f8c8d", "cached": "#2874a6", "fork": "#7d3c98", "cow": "#b9770e",
+                 "evict": ERROR_COLOUR}
+EVENTS_SHOWN = 12
+
+
+class PrefixCacheLab(BlockTableLab):
+    """The lab over a PrefixCachedPagedCache: a prompt's cached blocks are reused, released blocks stay cached
+    (evictable, least recently used first), fork shares every block and copies on write. The view adds the
+    hit rate, sharing and evictions to the status line, the cache's event log and its radix tree.
+
+    In bookkeeping mode a request says which prompt tokens it shares with others:
+        "12"            12 tokens of its own;
+        "system:48"     the first 48 tokens of the prefix named "system" (letters, digits, _ and -);
+        "system:48+12"  those 48, then 12 of its own.
+    Requests hit each other's blocks only through a name ("system:20+4" reuses the whole blocks of the first 20
+    tokens of "system:48"); a request's own tokens match nobody else's.
+    """
+
+    cache_class = PrefixCachedPagedCache
+    request_hint = "length, or name:shared+own, e.g. system:16+5"
+    finished_note = "its full blocks stay cached (evictable) until their space is needed"
+
+    def _new_cache(self) -> None:
+        super()._new_cache()
+        self.prefix_names: dict[str, int] = {}  # prefix name → its placeholder token id (1, 2, …)
+        self._last_event_shown = None
+
+    def _parse(self, prompt) -> list[int]:
+        """Bookkeeping placeholder ids: a named prefix's tokens are its number (≥ 1), a request's own tokens
+        −(seq id + 1), decoded tokens 0 — so only names make blocks match."""
+        if self.model is not None:
+            return super()._parse(prompt)
+        text = str(prompt).strip()
+        shared = SHARED_REQUEST.fullmatch(text)
+        if shared is None:
+            own_ids = super()._parse(prompt)  # a plain length (the error names the request when it is not one)
+            return [-(self._next_id + 1)] * len(own_ids)
+        name = shared["name"]
+        shared_len = _positive_int(shared["shared"], f"the shared length in {text!r}")
+        own_len = _positive_int(shared["own"], f"the own length in {text!r}") if shared["own"] is not None else 0
+        if shared_len + own_len > self.config.context_len:
+            raise ValueError(f"request {text!r} has {shared_len + own_len} tokens, longer than the context of "
+                             f"{self.config.context_len}")
+        prefix_id = self.prefix_names.setdefault(name, len(self.prefix_names) + 1)
+        return [prefix_id] * shared_len + [-(self._next_id + 1)] * own_len
+
+    def _admit(self, seq_id: int, max_tokens: int, token_ids: list[int]) -> int:
+        if blocks_for(max_tokens, self.block_size) <= self.num_blocks:  # otherwise add_sequence says it never fits
+            self._check_room(token_ids)
+        return super()._admit(seq_id, max_tokens, token_ids)
+
+    def _check_room(self, token_ids: list[int]) -> None:
+        """PoolExhausted unless the prefill fits — checked before add_sequence, which would count the hit and
+        move reused blocks out of the LRU list before the step could fail."""
+        cache, allocator = self.cache, self.cache.allocator
+        reused = cache._longest_cached_prefix(token_ids)  # the cache's own matching rule, without side effects
+        taken_back = sum(1 for entry in reused if allocator.ref_counts[entry.block] == 0)
+        needed = blocks_for(len(token_ids), self.block_size) - len(reused)
+        available = allocator.num_available - taken_back
+        if needed > available:
+            raise PoolExhausted(needed, available, allocator.num_blocks)
+
+    def _fork_message(self, child: int) -> str:
+        blocks = len(self.cache.block_tables[child])
+        if self.cache.lengths[child] % self.block_size == 0:
+            return f"new seq {child} shares all {blocks} blocks (all full: nothing will be copied)"
+        return (f"new seq {child} shares all {blocks} blocks, the partly filled last one too: the first of them to "
+                f"write into it on the next decode gets its own copy (copy-on-write)")
+
+    def status_text(self) -> str:
+        cache, stats = self.cache, self.cache.stats
+        return " · ".join(self._status_parts() + [
+            f"{cache.allocator.num_evictable} cached without owner",
+            f"hit rate {stats.hit_rate:.0%} ({stats.hit_tokens} of {stats.prompt_tokens} prompt tokens)",
+            f"{cache.shared_blocks()} shared blocks save {format_bytes(cache.saved_bytes())}",
+            f"{stats.evicted_blocks} blocks evicted", f"{stats.cow_copies} CoW copies"])
+
+    def radix_tree_figure(self) -> go.Figure:
+        """The radix tree of cached prefixes as a plain figure."""
+        return radix_figure(self.cache, self.tokenizer)
+
+    def _build_view(self) -> widgets.VBox:
+        view = super()._build_view()
+        self.events_view = widgets.HTML().add_class("kvlab-prefix-events")
+        self.radix_view = go.FigureWidget(self.radix_tree_figure())
+        view.children += (self.events_view, self.radix_view)
+        return view
+
+    def _refresh(self) -> None:
+        super()._refresh()
+        self.events_view.value = self._events_html()
+        _redraw(self.radix_view, self.radix_tree_figure())
+
+    def _events_html(self) -> str:
+        """The latest cache events, newest first; those since the previous action in bold."""
+        events = list(self.cache.events)
+        seen = next((i for i in reversed(range(len(events))) if events[i] is self._last_event_shown), -1)
+        self._last_event_shown = events[-1] if events else None
+        rows = []
+        for age, event in enumerate(reversed(events[-EVENTS_SHOWN:])):
+            weight = "bold" if len(events) - 1 - age > seen else "normal"
+            rows.append(f"<li style='font-weight:{weight}'><span style='background:{EVENT_COLOURS[event.kind]};"
+                        f"color:white;padding:0 4px'>{event.kind}</span> {html.escape(event.text)}</li>")
+        body = f"<ul style='list-style:none;padding-left:0'>{''.join(rows)}</ul>" if rows else " none yet"
+        return f"<b>Prefix cache events</b> (newest first; bold: from the last action){body}"
+
+    def _texts_html(self) -> str:
+        if self.tokenizer is not None:
+            return super()._texts_html()
+        rows = []
+        for seq_id, request in sorted(self.requests.items()):
+            state = "running" if seq_id in self.cache.lengths else "finished"
+            rows.append(f"<li><span style='color:{sequence_colour(seq_id)}'>■</span> seq {seq_id} ({state}"
+                        f"{_cached_note(request)}): {html.escape(request.label)}</li>")
+        return "<ul>" + "".join(rows) + "</ul>"
+
+
+LABS = {"paged": BlockTableLab, "prefix": PrefixCacheLab}
+
+
 def block_table_lab(config=None, num_blocks: int = 32, block_size: int = 8, model=None, tokenizer=None,
-                    initial_requests=(), **options) -> BlockTableLab:
-    """A BlockTableLab, pre-populated with `initial_requests`: prompts (lengths, or text in model mode) or
-    (prompt, max_new_tokens) pairs."""
-    lab = BlockTableLab(config, num_blocks, block_size, model=model, tokenizer=tokenizer, **options)
+                    initial_requests=(), layout: str = "paged", **options) -> BlockTableLab:
+    """A BlockTableLab (layout="paged") or PrefixCacheLab (layout="prefix"), pre-populated with
+    `initial_requests`: prompts (lengths, text in model mode, "name:shared+own" in a bookkeeping prefix lab)
+    or (prompt, max_new_tokens) pairs."""
+    if layout not in LABS:
+        raise ValueError(f"unknown lab layout {layout!r}; choose one of {', '.join(LABS)}")
+    lab = LABS[layout](config, num_blocks, block_size, model=model, tokenizer=tokenizer, **options)
     for request in initial_requests:
         prompt, max_new_tokens = request if isinstance(request, tuple) else (request, None)
         lab.add_request(prompt, max_new_tokens)

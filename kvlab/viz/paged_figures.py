@@ -1,7 +1,8 @@
 """Figures of the paged KV cache, drawn from the public state of real caches.
 
 Every function reads what a PagedCache or ContiguousCache exposes — block tables, lengths, the allocator's
-free list and reference counts, the caches' byte counts — and returns a plain go.Figure. The caches do not
+free list and reference counts (and, for a prefix cache, its LRU list of evictable blocks), the caches' byte
+counts — and returns a plain go.Figure. The caches do not
 know they are drawn; nothing here re-derives where a token goes.
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ TOKENS_COLOUR = "#1e8449"  # slots holding a token
 RESERVED_COLOUR = "#c0392b"  # slots reserved for a sequence and never filled
 TAIL_COLOUR = "#f5b041"  # unfilled tail of a sequence's last block
 FREE_BLOCKS_COLOUR = "#aab7b8"
+CACHED_ONLY_COLOUR = "#c9b79c"  # a prefix cache's evictable blocks: nobody holds them, their K/V is kept until needed
 
 
 def sequence_colour(seq_id: int) -> str:
@@ -40,6 +42,14 @@ def block_fills(cache) -> dict[int, tuple[int, int]]:
     return owners
 
 
+def lru_ranks(cache) -> dict[int, int]:
+    """Evictable block → its place in the eviction order (0: evicted next). Empty for a cache that keeps no
+    released block (a plain PagedCache)."""
+    allocator = cache.allocator
+    order = allocator.lru_order() if hasattr(allocator, "lru_order") else []
+    return {block: rank for rank, block in enumerate(order)}
+
+
 def holding_fraction(cache) -> float:
     """Share of the memory a cache holds for K/V that actually holds cached tokens."""
     reserved = cache.reserved_bytes()
@@ -59,15 +69,17 @@ def pool_figure(cache, columns: int = 16) -> go.Figure:
     """The physical pool of a PagedCache as a grid of blocks, left to right, `columns` per row.
 
     Colour = owning sequence (free: light grey); each cell shows its block id and fill ("k/bs" tokens);
-    a block with reference count > 1 is outlined and marked "×refs".
+    a block with reference count > 1 is outlined and marked "×refs". In a prefix cache, blocks cached without an
+    owner (evictable) have their own colour and a dotted outline, and show their LRU rank ("LRU 0": evicted next).
     """
     if columns < 1:
         raise ValueError(f"columns must be ≥ 1, got {columns}")
     allocator, bs = cache.allocator, cache.block_size
     num_rows = -(-allocator.num_blocks // columns)
-    owners = block_fills(cache)
+    owners, lru_rank = block_fills(cache), lru_ranks(cache)
     seq_ids = sorted({seq for seq, _ in owners.values()})
-    category = {seq: i + 1 for i, seq in enumerate(seq_ids)}  # 0 = free
+    first_seq = 2 if lru_rank else 1
+    category = {seq: i + first_seq for i, seq in enumerate(seq_ids)}  # 0 = free, 1 = cached without owner
     z = [[None] * columns for _ in range(num_rows)]  # [rows, columns] owner category, None past the pool
     text = [[""] * columns for _ in range(num_rows)]
     owner = [[None] * columns for _ in range(num_rows)]  # seq id, None when free
@@ -79,21 +91,27 @@ def pool_figure(cache, columns: int = 16) -> go.Figure:
             seq, fill = owners[block]
             z[row][col], owner[row][col] = category[seq], seq
             text[row][col] = f"#{block}<br>{fill}/{bs}" + (f" ×{refs}" if refs > 1 else "")
+        elif block in lru_rank:
+            z[row][col], text[row][col] = 1, f"#{block}<br>LRU {lru_rank[block]}"
+            fig.add_shape(type="rect", x0=col - 0.45, x1=col + 0.45, y0=row - 0.45, y1=row + 0.45,
+                          line=dict(color="#6e2c00", width=2, dash="dot"))
         else:
             z[row][col], text[row][col] = 0, f"#{block}<br>free"
         if refs > 1:
             fig.add_shape(type="rect", x0=col - 0.5, x1=col + 0.5, y0=row - 0.5, y1=row + 0.5,
                           line=dict(color="black", width=3))
-    colours = [FREE_COLOUR] + [sequence_colour(s) for s in seq_ids]
-    labels = ["free"] + [f"seq {s}" for s in seq_ids]
+    cached_only = [CACHED_ONLY_COLOUR] if lru_rank else []
+    colours = [FREE_COLOUR] + cached_only + [sequence_colour(s) for s in seq_ids]
+    labels = ["free"] + ["cached, no owner"] * len(cached_only) + [f"seq {s}" for s in seq_ids]
     fig.add_heatmap(z=z, text=text, texttemplate="%{text}", customdata=owner, hovertemplate="%{text}<extra></extra>",
                     colorscale=_category_colorscale(colours), zmin=-0.5, zmax=len(colours) - 0.5, xgap=3, ygap=3,
                     colorbar=dict(tickvals=list(range(len(colours))), ticktext=labels, title="owner"))
     used, total = allocator.num_used, allocator.num_blocks
     shared = sum(1 for r in allocator.ref_counts if r > 1)
     note = f" · {shared} shared (outlined)" if shared else ""
+    evictable = f"{len(lru_rank)} cached without owner (LRU rank shown), " if lru_rank else ""
     fig.update_layout(
-        title=f"KV block pool: {used} of {total} blocks in use, {total - used} free{note} — "
+        title=f"KV block pool: {used} of {total} blocks in use, {evictable}{allocator.num_free} free{note} — "
               f"{memory.format_bytes(cache.reserved_bytes())} of {memory.format_bytes(cache.pool_bytes())}, "
               f"{bs} tokens per block",
         template="plotly_white", height=120 + 60 * num_rows, margin=dict(t=60, b=20),
