@@ -4,6 +4,7 @@
   versus-hf   kvlab batch-1 decode tokens/s vs HF transformers generate (CPU)
   load        cold (GGUF) and warm (cached) model load times
   copy        measured copy bandwidth of the device
+  prefix      prefix caching: TTFT cold vs warm, hit rate, memory shared, token-exactness (JSON → benchmarks/results/)
 """
 from __future__ import annotations
 
@@ -19,15 +20,16 @@ import torch
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m kvlab.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["decode", "versus-hf", "load", "copy"])
+    parser.add_argument("command", choices=["decode", "versus-hf", "load", "copy", "prefix"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--tokens", type=int, default=64, help="new tokens per generation (versus-hf)")
+    parser.add_argument("--tokens", type=int, help="new tokens per generation (default: versus-hf 64, prefix 16)")
+    parser.add_argument("--requests", type=int, default=16, help="prefix: chatbot requests (2 to 20)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--prompt", default="The history of the printing press")
     parser.add_argument("--batches", type=int, nargs="+", help="decode: batch sizes (default by device)")
     parser.add_argument("--contexts", type=int, nargs="+", help="decode: context lengths (default by device)")
-    parser.add_argument("--block-size", type=int, default=16, help="decode: tokens per KV block")
-    parser.add_argument("--no-save", action="store_true", help="decode: print only, write no JSON")
+    parser.add_argument("--block-size", type=int, default=16, help="decode, prefix: tokens per KV block")
+    parser.add_argument("--no-save", action="store_true", help="decode, prefix: print only, write no JSON")
     args = parser.parse_args(argv)
 
     import kvlab
@@ -44,6 +46,18 @@ def main(argv: list[str] | None = None) -> None:
         decode.print_table(report)
         if not args.no_save:
             print("saved", decode.save(report))
+        return
+    if args.command == "prefix":
+        from . import prefix
+
+        model, tokenizer = kvlab.load_model(device=args.device)
+        new_tokens = 16 if args.tokens is None else args.tokens
+        report = prefix.run_prefix_benchmark(model, tokenizer, args.requests, new_tokens, block_size=args.block_size)
+        prefix.print_prefix_report(report)
+        if not args.no_save:
+            print("saved", prefix.save(report))
+        if not report["token_exact"]:
+            raise SystemExit("prefix benchmark FAILED: the prefix cache changed the generated tokens (see above)")
         return
     report: dict = {"device": device_label(args.device), "date": time.strftime("%Y-%m-%d")}
     if args.command == "copy":
@@ -62,7 +76,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.device != "cpu":
             parser.error("versus-hf compares float32 on the CPU")
         model, tokenizer = kvlab.load_model(device="cpu")
-        report.update(compare_with_hf(model, tokenizer, args.prompt, args.tokens, args.runs))
+        report.update(compare_with_hf(model, tokenizer, args.prompt, 64 if args.tokens is None else args.tokens,
+                                      args.runs))
     print(json.dumps(report, indent=2))
 
 
