@@ -82,11 +82,11 @@ def generate(model, tokenizer, prompts, max_new_tokens: int = 64, cache: str | K
                             prompt_tokens=sum(map(len, prompt_ids)), cached_prompt_tokens=0, new_tokens=0,
                             ttft_s=0.0, decode_s=0.0, decode_tokens=0, weight_bytes_per_step=model.weight_bytes())
     bar = _progress_bar(max_new_tokens, progress)
+    start = time.perf_counter()  # TTFT counts the prefix lookup too
     try:
         for seq_id in running:
             max_tokens = min(len(sequences[seq_id]) + max_new_tokens, cfg.context_len)
             stats.cached_prompt_tokens += kv.add_sequence(seq_id, max_tokens, sequences[seq_id])
-        start = time.perf_counter()
         for step_index in range(max_new_tokens):
             step_start = time.perf_counter()
             logits, kv_bytes_read = forward_step(model, kv, sequences, running)
