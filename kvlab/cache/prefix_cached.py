@@ -18,6 +18,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from .base import Step
+from .block_allocator import blocks_for
 from .caching_allocator import CachingBlockAllocator
 from .paged import PagedCache
 from .prefix_index import HashFn, PrefixIndex, chain_hash
@@ -141,6 +142,18 @@ class PrefixCachedPagedCache(PagedCache):
                       f"seq {seq_id} writes into shared block {shared}: copied to block {copy} first")
         for seq_id, count in zip(step.seq_ids, missing):
             self.block_tables[seq_id] += [next(fresh) for _ in range(count)]
+
+    def abort_step(self) -> None:
+        """Forget a failed step and give back the blocks it added past each sequence's cached tokens: a table's
+        last block must stay the one its next token lands in, or copy-on-write would copy the wrong block."""
+        step = self.current_step
+        super().abort_step()
+        for seq_id in step.seq_ids if step is not None else []:
+            table = self.block_tables[seq_id]
+            keep = blocks_for(self.lengths[seq_id], self.block_size)
+            for block in reversed(table[keep:]):
+                self.allocator.release(block)  # fresh, never registered: back to the free list
+            del table[keep:]
 
     def _sequences_writing_into_shared_blocks(self, step: Step) -> list[int]:
         """Sequences whose next token lands in a partly filled block that others hold too. The last writer
