@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import kvlab
-from kvlab.cache import make_cache
+from kvlab.cache import CACHE_LAYOUTS, PrefixCachedPagedCache, make_cache
 
 pytestmark = pytest.mark.oracle
 
@@ -63,7 +63,7 @@ def test_kvlab_splits_digits_one_by_one_as_the_file_says(tokenizer):
     assert tokenizer.encode("2024") == digit_ids
 
 
-@pytest.mark.parametrize("cache", ["none", "contiguous", "paged"])
+@pytest.mark.parametrize("cache", CACHE_LAYOUTS)
 @pytest.mark.parametrize("prompt_index", range(len(PROMPTS)))
 def test_batch1_greedy_tokens_equal_hf(model, tokenizer, hf_greedy, cache, prompt_index):
     result = kvlab.generate(model, tokenizer, PROMPTS[prompt_index], max_new_tokens=NEW_TOKENS, cache=cache)
@@ -76,6 +76,18 @@ def test_ragged_batch_greedy_tokens_equal_hf(model, tokenizer, hf_greedy, cache,
     order = [2, 0, 1]  # longest first: padding and row order must not matter
     result = kvlab.generate(model, tokenizer, [PROMPTS[i] for i in order], max_new_tokens=NEW_TOKENS, cache=cache, **options)
     assert result.token_ids == [hf_greedy[i] for i in order]
+
+
+def test_prefix_cache_gives_hf_tokens_cold_and_warm_on_a_ragged_batch(model, tokenizer, hf_greedy):
+    """The second run serves every prompt but its last (partly cached) block from the first run's blocks."""
+    cache = PrefixCachedPagedCache(model.config, model.device, model.dtype, num_blocks=64, block_size=4)
+    order = [2, 0, 1]
+    prompts = [PROMPTS[i] for i in order]
+    cold = kvlab.generate(model, tokenizer, prompts, max_new_tokens=NEW_TOKENS, cache=cache)
+    warm = kvlab.generate(model, tokenizer, prompts, max_new_tokens=NEW_TOKENS, cache=cache)
+    assert cold.token_ids == warm.token_ids == [hf_greedy[i] for i in order]
+    assert cold.stats.cached_prompt_tokens == 0
+    assert warm.stats.cached_prompt_tokens == sum((len(tokenizer.encode(p)) - 1) // 4 * 4 for p in prompts)  # 52+4+16
 
 
 def test_hf_left_padded_batch_agrees_with_kvlab_ragged_batch(model, tokenizer, hf_oracle):
@@ -92,7 +104,7 @@ def test_hf_left_padded_batch_agrees_with_kvlab_ragged_batch(model, tokenizer, h
     assert [row[width:].tolist() for row in out] == ours.token_ids
 
 
-@pytest.mark.parametrize("cache", ["none", "contiguous", "paged"])
+@pytest.mark.parametrize("cache", CACHE_LAYOUTS)
 @pytest.mark.parametrize("prompt_index", range(len(PROMPTS)))
 def test_last_position_logits_agree_with_hf(model, tokenizer, hf_oracle, cache, prompt_index):
     hf_model, _ = hf_oracle
@@ -101,7 +113,7 @@ def test_last_position_logits_agree_with_hf(model, tokenizer, hf_oracle, cache, 
         reference = hf_model(torch.tensor([ids])).logits[0, -1].float()  # [vocab]
     kv = make_cache(cache, model.config, model.device, model.dtype, max_batch=1, max_len=len(ids))
     kv.add_sequence(0, len(ids))
-    kv.begin_step([0], [len(ids)])
+    kv.begin_step([0], [len(ids)], [ids])  # the prefix layout hashes full blocks by their token ids
     ours = model.forward(torch.tensor([ids]), kv)[0]  # [vocab]
     kv.end_step()
     relative = (ours - reference).abs().max() / reference.abs().max()
