@@ -11,7 +11,8 @@ import kvlab
 from kvlab.cache import PoolExhausted, PrefixCachedPagedCache
 from kvlab.memory import format_bytes
 from kvlab.model.config import LlamaConfig
-from kvlab.viz.block_table_widget import BUTTONS, ERROR_COLOUR, BlockTableLab, PrefixCacheLab, block_table_lab
+from kvlab.viz.block_table_widget import BUTTONS, ERROR_COLOUR, BlockTableLab, block_table_lab
+from kvlab.viz.prefix_cache_widget import PrefixCacheLab
 from kvlab.viz.paged_figures import pool_figure
 
 TINY = LlamaConfig(name="tiny", num_layers=2, hidden_size=64, ffn_size=128, num_heads=4, num_kv_heads=2, head_dim=16,

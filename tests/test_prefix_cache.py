@@ -549,6 +549,57 @@ def test_a_failed_step_gives_back_its_blocks_so_a_later_fork_and_write_cannot_co
     assert cache.allocator.num_used == sum(1 for r in cache.allocator.ref_counts if r)
 
 
+def test_the_same_prefix_twice_in_one_batch_merges_into_one_cached_chain():
+    cache, oracle, tokens = fresh_state()
+    a, b = [1] * 8 + [5] * 4 + [0], [1] * 8 + [6] * 4 + [0]
+    for seq_id, prompt in ((0, a), (1, b)):
+        assert cache.add_sequence(seq_id, 20, prompt) == 0
+        tokens[seq_id] = []
+    run_step(cache, oracle, tokens, [0, 1], [a, b])  # both compute the shared 8 tokens in the same step
+    assert cache.block_tables[1][:2] == cache.block_tables[0][:2]  # seq 1 now uses seq 0's cached blocks
+    assert len(cache.index) == 4 and cache.allocator.num_used == 6  # 2 shared + 2 own full + 2 partial
+    assert [e.kind for e in cache.events].count("merge") == 2
+    for seq_id in (0, 1):
+        assert_holds_its_own_kv(cache, oracle, seq_id, tokens[seq_id])
+    cache.free_sequence(1)
+    assert prefill(cache, oracle, tokens, 2, b[:-1] + [9]) == 12  # b's own block was cached after the merge
+
+
+def test_looking_up_the_cached_prefix_blocks_takes_and_counts_nothing():
+    cache, oracle, tokens = fresh_state(hash_fn=everything_collides)
+    prefill(cache, oracle, tokens, 0, [3, 4, 5, 6, 7])
+    cache.free_sequence(0)
+    before = snapshot(cache)
+    assert cache.cached_prefix_blocks([3, 4, 5, 6, 1]) == list(cache.allocator.evictable)
+    assert cache.cached_prefix_blocks([9, 9, 9, 9, 1]) == []  # a refused collision, not counted
+    assert same_snapshot(before, snapshot(cache)) and cache.index.refused_collisions == 0
+
+
+def test_a_sequence_twice_in_one_step_is_refused():
+    cache, _, _ = fresh_state()
+    cache.add_sequence(0, 8, [1, 2])
+    with pytest.raises(ValueError, match=r"sequences \[0\] appear more than once"):
+        cache.begin_step([0, 0], [1, 1], [[1], [2]])
+
+
+def test_a_failed_paged_step_gives_back_its_blocks_so_a_later_fork_copies_the_right_block():
+    from kvlab.cache import PagedCache
+
+    cache = PagedCache(MICRO, "cpu", torch.float32, num_blocks=8, block_size=4)
+    oracle, tokens = KVOracle(), {0: []}
+    cache.add_sequence(0, 16)
+    run_step(cache, oracle, tokens, [0], [[3, 4, 5, 3, 4, 5]])
+    begin_and_write(cache, oracle, tokens, [0], [[7, 7, 7]])  # takes block 2 ...
+    cache.abort_step()  # ... and fails
+    assert cache.block_tables[0] == [0, 1] and cache.allocator.num_used == 2
+    cache.fork(0, 1)
+    tokens[1] = list(tokens[0])
+    run_step(cache, oracle, tokens, [0], [[9]])
+    run_step(cache, oracle, tokens, [1], [[8]])
+    for seq_id in (0, 1):
+        assert_holds_its_own_kv(cache, oracle, seq_id, tokens[seq_id])
+
+
 def test_hit_rate_is_prompt_tokens_served_over_prompt_tokens_looked_up():
     cache, oracle, tokens = fresh_state()
     assert cache.stats.hit_rate == 0.0  # nothing looked up yet: no division by zero

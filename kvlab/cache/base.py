@@ -76,6 +76,9 @@ class KVCache:
         assert self.current_step is None, "end_step() was not called after the previous step"
         if len(seq_ids) != len(num_new) or not seq_ids:
             raise ValueError(f"need one new-token count per sequence, got {len(seq_ids)} ids and {len(num_new)} counts")
+        if len(set(seq_ids)) != len(seq_ids):
+            twice = sorted({s for s in seq_ids if seq_ids.count(s) > 1})
+            raise ValueError(f"sequences {twice} appear more than once in one step")
         for seq_id, count in zip(seq_ids, num_new):
             if seq_id not in self.lengths:
                 raise KeyError(f"sequence {seq_id} is not in the cache")

@@ -110,6 +110,18 @@ class PagedCache(KVCache):
         self._kv_lens = step.kv_lens.to(torch.int32)
         self._q_lens = step.q_lens.to(torch.int32)
 
+    def abort_step(self) -> None:
+        """Forget a failed step and give back the blocks it added past each sequence's cached tokens: a table's
+        last block must stay the one the next token lands in (fork and copy-on-write rely on it)."""
+        step = self.current_step
+        super().abort_step()
+        for seq_id in step.seq_ids if step is not None else []:
+            table = self.block_tables[seq_id]
+            keep = blocks_for(self.lengths[seq_id], self.block_size)
+            for block in reversed(table[keep:]):
+                self.allocator.release(block)  # fresh, never registered: back to the free list
+            del table[keep:]
+
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         kv_heads, head_dim = k.shape[-2:]
         if self.backend == "triton":

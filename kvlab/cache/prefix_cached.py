@@ -18,7 +18,6 @@ from collections import deque
 from dataclasses import dataclass
 
 from .base import Step
-from .block_allocator import blocks_for
 from .caching_allocator import CachingBlockAllocator
 from .paged import PagedCache
 from .prefix_index import HashFn, PrefixIndex, chain_hash
@@ -42,7 +41,7 @@ class PrefixStats:
 
 @dataclass(frozen=True)
 class PrefixEvent:
-    kind: str  # "hit", "miss", "cached", "fork", "cow", "evict"
+    kind: str  # "hit", "miss", "cached", "merge", "fork", "cow", "evict"
     seq_id: int | None
     blocks: tuple[int, ...]
     text: str
@@ -91,11 +90,16 @@ class PrefixCachedPagedCache(PagedCache):
             self._log("miss", seq_id, (), f"seq {seq_id}: no cached prefix — {why}")
         return count
 
-    def _longest_cached_prefix(self, prompt_ids: list[int]):
+    def cached_prefix_blocks(self, prompt_ids: list[int]) -> list[int]:
+        """The blocks add_sequence would reuse for `prompt_ids`, without taking them or counting anything."""
+        return [entry.block for entry in self._longest_cached_prefix(prompt_ids, count_refusals=False)]
+
+    def _longest_cached_prefix(self, prompt_ids: list[int], count_refusals: bool = True):
         bs, matched = self.block_size, []
         parent_hash, parent_block = None, None
         for j in range((len(prompt_ids) - 1) // bs):  # keep ≥ 1 token to compute: its logits are the output
-            block_hash, entry = self.index.lookup(parent_hash, parent_block, prompt_ids[j * bs:(j + 1) * bs])
+            block_hash, entry = self.index.lookup(parent_hash, parent_block, prompt_ids[j * bs:(j + 1) * bs],
+                                                  count_refusals)
             if entry is None:
                 break
             matched.append(entry)
@@ -143,18 +147,6 @@ class PrefixCachedPagedCache(PagedCache):
         for seq_id, count in zip(step.seq_ids, missing):
             self.block_tables[seq_id] += [next(fresh) for _ in range(count)]
 
-    def abort_step(self) -> None:
-        """Forget a failed step and give back the blocks it added past each sequence's cached tokens: a table's
-        last block must stay the one its next token lands in, or copy-on-write would copy the wrong block."""
-        step = self.current_step
-        super().abort_step()
-        for seq_id in step.seq_ids if step is not None else []:
-            table = self.block_tables[seq_id]
-            keep = blocks_for(self.lengths[seq_id], self.block_size)
-            for block in reversed(table[keep:]):
-                self.allocator.release(block)  # fresh, never registered: back to the free list
-            del table[keep:]
-
     def _sequences_writing_into_shared_blocks(self, step: Step) -> list[int]:
         """Sequences whose next token lands in a partly filled block that others hold too. The last writer
         of such a block in this step keeps it (nobody else will read its old contents)."""
@@ -182,12 +174,30 @@ class PrefixCachedPagedCache(PagedCache):
         registered = []
         for j in range(len(hashes), len(ids) // bs):
             parent_hash, parent = (hashes[j - 1], table[j - 1]) if j else (None, None)
-            block_hash = self.index.hash_fn(parent_hash, ids[j * bs:(j + 1) * bs])
+            block_ids = ids[j * bs:(j + 1) * bs]
+            block_hash = self.index.hash_fn(parent_hash, block_ids)
             hashes.append(block_hash)
-            if self.index.register(table[j], block_hash, parent, ids[j * bs:(j + 1) * bs]):
+            if self.index.register(table[j], block_hash, parent, block_ids):
                 registered.append(table[j])
+                continue
+            _, twin = self.index.lookup(parent_hash, parent, block_ids, count_refusals=False)
+            if twin is not None:  # the same tokens after the same blocks, computed by another sequence of the batch
+                self._merge_into_cached(seq_id, j, twin.block)
         if registered:
             self._log("cached", seq_id, tuple(registered), f"seq {seq_id}: blocks {_ids(registered)} full and cached")
+
+    def _merge_into_cached(self, seq_id: int, j: int, cached: int) -> None:
+        """Logical block j of the sequence holds what cached block `cached` holds: use that one, free the copy
+        (the sequence just filled it, so it holds it alone), and its later blocks can be cached after it."""
+        table = self.block_tables[seq_id]
+        duplicate = table[j]
+        assert self.allocator.ref_counts[duplicate] == 1, f"block {duplicate} was filled while shared"
+        self.allocator.reuse(cached)
+        table[j] = cached
+        self.allocator.release(duplicate)
+        self._log("merge", seq_id, (duplicate, cached),
+                  f"seq {seq_id}: block {duplicate} holds the same tokens as cached block {cached}: uses {cached}, "
+                  f"frees {duplicate}")
 
     # --- events and public state ------------------------------------------------------------------------
     def _record_eviction(self, blocks: list[int]) -> None:

@@ -50,15 +50,15 @@ class PrefixIndex:
     def __len__(self) -> int:
         return len(self.by_block)
 
-    def lookup(self, parent_hash: int | None, parent_block: int | None,
-               token_ids: Sequence[int]) -> tuple[int, CachedBlock | None]:
+    def lookup(self, parent_hash: int | None, parent_block: int | None, token_ids: Sequence[int],
+               count_refusals: bool = True) -> tuple[int, CachedBlock | None]:
         """(this block's chain hash, the cached block holding exactly these tokens after `parent_block`, or None)."""
         block_hash = self.hash_fn(parent_hash, token_ids)
         entry = self.by_hash.get(block_hash)
         if entry is None:
             return block_hash, None
         if entry.token_ids != tuple(token_ids) or entry.parent != parent_block:
-            self.refused_collisions += 1
+            self.refused_collisions += count_refusals
             return block_hash, None
         return block_hash, entry
 

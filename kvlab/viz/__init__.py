@@ -1,7 +1,8 @@
 """The visual layer: figures and widgets that read public state and measured results. Nothing in the
 mechanism (model, caches, engine) imports this package."""
 from .banner import mode_banner
-from .block_table_widget import BlockTableLab, PrefixCacheLab, block_table_lab
+from .block_table_widget import BlockTableLab, block_table_lab
+from .prefix_cache_widget import PrefixCacheLab
 from .figures import kv_memory_figure, presets_figure, speedup_figure, step_time_figure
 from .fragmentation_figures import (block_size_sweep_figure, concurrency_figure, memory_over_time_figure,
                                     waste_breakdown_figure)
