@@ -12,12 +12,9 @@ import os
 
 import torch
 
-# `@triton.jit` decides at decoration time whether a kernel is compiled or interpreted, and a compiled kernel
-# cannot launch without a GPU ("0 active drivers"). On a machine without CUDA, switch the interpreter on for
-# the whole process before the kernel modules below are imported, so that kernels defined later (notebook
-# exercises) run too. An explicit TRITON_INTERPRET setting is left as it is.
-if not torch.cuda.is_available() and "TRITON_INTERPRET" not in os.environ:
-    os.environ["TRITON_INTERPRET"] = "1"
+# Importing kvlab (this package's parent) already switched Triton's interpreter on when there is no CUDA:
+# see kvlab/__init__.py.
+assert torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET"), "kvlab/__init__ sets TRITON_INTERPRET"
 
 from .paged_decode import (choose_num_splits, decode_bytes, paged_decode_attention,  # noqa: E402
                            paged_decode_reference)
