@@ -45,18 +45,23 @@ class BlockAllocator:
         return len(self.free_block_ids)
 
     @property
+    def num_available(self) -> int:
+        """Blocks a fresh allocation can get (here the free ones; a caching allocator adds the evictable ones)."""
+        return self.num_free
+
+    @property
     def num_used(self) -> int:
-        return self.num_blocks - self.num_free
+        return self.num_blocks - self.num_available
 
     def can_allocate(self, count: int) -> bool:
-        return count <= self.num_free
+        return count <= self.num_available
 
     def allocate(self, count: int) -> list[int]:
         """`count` fresh blocks with reference count 1, or PoolExhausted and no change at all."""
         if count < 0:
             raise ValueError(f"cannot allocate {count} blocks")
         if not self.can_allocate(count):
-            raise PoolExhausted(count, self.num_free, self.num_blocks)
+            raise PoolExhausted(count, self.num_available, self.num_blocks)
         blocks = [self.free_block_ids.popleft() for _ in range(count)]
         for block in blocks:
             assert self.ref_counts[block] == 0, f"block {block} was on the free list while referenced"
@@ -73,7 +78,15 @@ class BlockAllocator:
         self._check_in_use(block)
         self.ref_counts[block] -= 1
         if self.ref_counts[block] == 0:
-            self.free_block_ids.append(block)
+            self._unreferenced(block)
+
+    def lru_order(self) -> list[int]:
+        """Released blocks kept for reuse, in the order they would be evicted: none here."""
+        return []
+
+    def _unreferenced(self, block: int) -> None:
+        """The last owner let go of `block`."""
+        self.free_block_ids.append(block)
 
     def _check_in_use(self, block: int) -> None:
         if not 0 <= block < self.num_blocks:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Callable
 
-from .block_allocator import BlockAllocator, PoolExhausted
+from .block_allocator import BlockAllocator
 from .prefix_index import PrefixIndex
 
 
@@ -34,22 +34,12 @@ class CachingBlockAllocator(BlockAllocator):
         """Blocks a fresh allocation can get: free ones plus evictable ones."""
         return self.num_free + self.num_evictable
 
-    @property
-    def num_used(self) -> int:
-        return self.num_blocks - self.num_available
-
-    def can_allocate(self, count: int) -> bool:
-        return count <= self.num_available
-
     def allocate(self, count: int) -> list[int]:
         """`count` blocks with reference count 1 — evicting cached ones, oldest first, only if the free list is
         short — or PoolExhausted and no change at all."""
-        if count < 0:
-            raise ValueError(f"cannot allocate {count} blocks")
-        if not self.can_allocate(count):
-            raise PoolExhausted(count, self.num_available, self.num_blocks)
-        while self.num_free < count:
-            self._evict_oldest()
+        if 0 <= count <= self.num_available:  # otherwise BlockAllocator.allocate refuses, and nothing is evicted
+            while self.num_free < count:
+                self._evict_oldest()
         return super().allocate(count)
 
     def reuse(self, block: int) -> None:
@@ -59,17 +49,14 @@ class CachingBlockAllocator(BlockAllocator):
             del self.evictable[block]
             self.ref_counts[block] = 1
         else:
-            self.ref_counts[block] += 1
+            self.share(block)
 
-    def release(self, block: int) -> None:
-        """One owner fewer; with none left a cached block becomes evictable (most recent), any other one free."""
-        self._check_in_use(block)
-        self.ref_counts[block] -= 1
-        if self.ref_counts[block] == 0:
-            if block in self.index:
-                self.evictable[block] = None
-            else:
-                self.free_block_ids.append(block)
+    def _unreferenced(self, block: int) -> None:
+        """A cached block becomes evictable (the most recent); any other one free."""
+        if block in self.index:
+            self.evictable[block] = None
+        else:
+            super()._unreferenced(block)
 
     def lru_order(self) -> list[int]:
         """Evictable blocks in the order they would be evicted."""

@@ -58,7 +58,8 @@ class PrefixIndex:
         if entry is None:
             return block_hash, None
         if entry.token_ids != tuple(token_ids) or entry.parent != parent_block:
-            self.refused_collisions += count_refusals
+            if count_refusals:
+                self.refused_collisions += 1
             return block_hash, None
         return block_hash, entry
 

@@ -45,9 +45,7 @@ def block_fills(cache) -> dict[int, tuple[int, int]]:
 def lru_ranks(cache) -> dict[int, int]:
     """Evictable block → its place in the eviction order (0: evicted next). Empty for a cache that keeps no
     released block (a plain PagedCache)."""
-    allocator = cache.allocator
-    order = allocator.lru_order() if hasattr(allocator, "lru_order") else []
-    return {block: rank for rank, block in enumerate(order)}
+    return {block: rank for rank, block in enumerate(cache.allocator.lru_order())}
 
 
 def holding_fraction(cache) -> float:
