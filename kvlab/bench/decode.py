@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from kvlab.cache.attention import attend_reference
 from kvlab.kernels import decode_bytes
 
+from ..progress import with_progress
 from .roofs import device_label, measure_copy_bandwidth
 from .timers import median_seconds
 
@@ -92,7 +93,7 @@ def run(device: torch.device, batches, contexts, block_size: int, dtype: torch.d
     budget = (torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else 4 * 2**30) * memory_fraction
     cases, skipped = [], []
     combos = [(b, c) for b in batches for c in contexts]
-    for batch, context in _progress(combos, progress):
+    for batch, context in with_progress(combos, progress, "decode benchmark", "case"):
         kv_bytes = 2 * batch * context * shapes["num_kv_heads"] * shapes["head_dim"] * elem
         if 2 * kv_bytes > budget:  # paged pool + contiguous copy
             skipped.append({"batch": batch, "context": context, "why": f"needs {2 * kv_bytes / 2**30:.1f} GiB"})
@@ -140,11 +141,3 @@ def print_table(report: dict) -> None:
               f"{c['paged_gb_s']:>7.1f} {c['fraction_of_copy']:>7.0%} {c['sdpa_s'] * 1e6:>8.1f} {c['paged_over_sdpa_time']:>10.2f}")
     for s in report["skipped"]:
         print(f"skipped batch {s['batch']} × context {s['context']}: {s['why']}")
-
-
-def _progress(items, enabled):
-    if not enabled:
-        return items
-    from tqdm.auto import tqdm
-
-    return tqdm(items, desc="decode benchmark", unit="case")

@@ -31,6 +31,7 @@ from ..checks import positive_int
 from ..engine import generate
 from ..scenarios import (RAG_REQUESTS, Scenario, chatbot_scenario, chatbot_system_prompt, rag_scenario,
                          reusable_prefix_tokens)
+from ..progress import progress_bar
 from .roofs import device_label
 
 TTFT_REDUCTION_TARGET = 0.85  # warm TTFT at most 15 % of cold for the chatbot
@@ -46,7 +47,7 @@ def run_prefix_benchmark(model, tokenizer, requests: int = 16, new_tokens: int =
     positive_int("new_tokens", new_tokens)
     chatbot = chatbot_scenario(tokenizer, requests)
     rag = rag_scenario(tokenizer, min(requests, len(RAG_REQUESTS)) if rag_requests is None else rag_requests)
-    bar = _bar(sum(_runs(scenario) for scenario in (chatbot, rag)), progress)
+    bar = progress_bar(sum(_runs(scenario) for scenario in (chatbot, rag)), progress, "prefix benchmark", "run")
     results = {scenario.name: measure_scenario(model, tokenizer, scenario, new_tokens, block_size, bar)
                for scenario in (chatbot, rag)}
     if bar is not None:
@@ -146,14 +147,6 @@ def prefill_flops_per_token(model) -> int:
 
 def _runs(scenario: Scenario) -> int:
     return 1 + 2 * len(scenario) + 1  # warm-up, cold, warm, together
-
-
-def _bar(total: int, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="prefix benchmark", unit="run")
 
 
 # --- reading and keeping the report ------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import statistics
 from dataclasses import dataclass, field
 
 from ..engine import generate
+from ..progress import progress_bar
 
 
 @dataclass
@@ -46,7 +47,7 @@ def measure_cache_vs_recompute(model, tokenizer, prompt: str, new_tokens: int, r
     if repeats < 1:
         raise ValueError(f"repeats must be ≥ 1, got {repeats}")
     result = CacheVsRecompute(prompt_tokens=len(tokenizer.encode(prompt)), new_tokens=new_tokens, repeats=repeats)
-    bar = _bar(len(caches) * (repeats + 1), progress)
+    bar = progress_bar(len(caches) * (repeats + 1), progress, "measuring", "run")
     for cache in caches:
         generate(model, tokenizer, prompt, max_new_tokens=min(4, new_tokens), cache=cache, stop_at_eos=False)  # warm-up
         bar and bar.update(1)
@@ -65,11 +66,3 @@ def measure_cache_vs_recompute(model, tokenizer, prompt: str, new_tokens: int, r
         )
     bar and bar.close()
     return result
-
-
-def _bar(total: int, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="measuring", unit="run")

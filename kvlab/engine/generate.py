@@ -11,6 +11,7 @@ import torch
 
 from ..cache import KVCache, make_cache
 from ..checks import positive_int
+from ..progress import progress_bar
 from .result import GenerationResult, GenerationStats
 from .sampling import check_sampling_args, sample_next
 
@@ -81,7 +82,7 @@ def generate(model, tokenizer, prompts, max_new_tokens: int = 64, cache: str | K
     stats = GenerationStats(cache=kv.name, device=str(model.device), batch=len(sequences),
                             prompt_tokens=sum(map(len, prompt_ids)), cached_prompt_tokens=0, new_tokens=0,
                             ttft_s=0.0, decode_s=0.0, decode_tokens=0, weight_bytes_per_step=model.weight_bytes())
-    bar = _progress_bar(max_new_tokens, progress)
+    bar = progress_bar(max_new_tokens, progress, "generating", "step")
     start = time.perf_counter()  # TTFT counts the prefix lookup too
     try:
         for seq_id in running:
@@ -167,11 +168,3 @@ def _cache_for(cache, cfg, model, batch: int, max_len: int, options: dict) -> KV
     if cache.device != model.device or cache.dtype != model.dtype:
         raise ValueError(f"the cache holds {cache.dtype} on {cache.device}, the model runs {model.dtype} on {model.device}")
     return cache
-
-
-def _progress_bar(total: int, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="generating", unit="step")
