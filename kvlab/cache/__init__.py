@@ -7,9 +7,11 @@ from .none import NoCache
 from .paged import PagedCache
 from .prefix_cached import PrefixCachedPagedCache, PrefixEvent, PrefixStats
 from .prefix_index import PrefixIndex, chain_hash
+from .quantization import SCHEMES as QUANT_SCHEMES, QuantScheme, make_scheme
+from .quantized import QuantizedPagedCache
 from .region_allocator import NoFreeRegion, RegionAllocator  # the fragmentation lab's contiguous allocator
 
-CACHE_LAYOUTS = ("none", "contiguous", "paged", "prefix")
+CACHE_LAYOUTS = ("none", "contiguous", "paged", "prefix", "quantized")
 
 
 def make_cache(name: str, config, device, dtype, max_batch: int, max_len: int, **options) -> KVCache:
@@ -18,14 +20,17 @@ def make_cache(name: str, config, device, dtype, max_batch: int, max_len: int, *
         return NoCache(config, device, dtype, **options)
     if name == "contiguous":
         return ContiguousCache(config, device, dtype, max_batch=max_batch, max_len=max_len, **options)
-    if name in ("paged", "prefix"):
+    if name in ("paged", "prefix", "quantized"):
         block_size = options.pop("block_size", 16)
         num_blocks = options.pop("num_blocks", None) or max_batch * blocks_for(max_len, block_size)
-        layout = PagedCache if name == "paged" else PrefixCachedPagedCache
+        if name == "quantized":
+            options.setdefault("max_seqs", max_batch)
+        layout = {"paged": PagedCache, "prefix": PrefixCachedPagedCache, "quantized": QuantizedPagedCache}[name]
         return layout(config, device, dtype, num_blocks=num_blocks, block_size=block_size, **options)
     raise ValueError(f"unknown cache {name!r}; choose one of {', '.join(CACHE_LAYOUTS)}")
 
 
 __all__ = ["KVCache", "Step", "NoCache", "ContiguousCache", "PagedCache", "BlockAllocator", "PoolExhausted",
            "blocks_for", "RegionAllocator", "PrefixCachedPagedCache", "PrefixEvent", "PrefixStats", "PrefixIndex",
-           "CachingBlockAllocator", "chain_hash", "NoFreeRegion", "CACHE_LAYOUTS", "make_cache"]
+           "CachingBlockAllocator", "chain_hash", "NoFreeRegion", "CACHE_LAYOUTS", "make_cache",
+           "QuantizedPagedCache", "QuantScheme", "make_scheme", "QUANT_SCHEMES"]

@@ -34,9 +34,7 @@ class PagedCache(KVCache):
         if backend not in BACKENDS:
             raise ValueError(f"unknown paged backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         self.backend = backend
-        shape = (num_blocks, block_size, config.num_kv_heads, config.head_dim)
-        self.k_pools = [torch.zeros(shape, device=self.device, dtype=dtype) for _ in range(config.num_layers)]
-        self.v_pools = [torch.zeros(shape, device=self.device, dtype=dtype) for _ in range(config.num_layers)]
+        self._allocate_pools(num_blocks, block_size)
         self.block_tables: dict[int, list[int]] = {}  # seq_id -> physical block ids, in logical order
         # the current step's indices, computed once in _prepare and read by every layer:
         self._slots: torch.Tensor | None = None  # [B, T] int64 slot of each new token, -1 for padding
@@ -45,6 +43,11 @@ class PagedCache(KVCache):
         self._table_ids: torch.Tensor | None = None  # [B, max_blocks] int64, the same, for torch indexing
         self._kv_lens: torch.Tensor | None = None  # [B] int32
         self._q_lens: torch.Tensor | None = None  # [B] int32
+
+    def _allocate_pools(self, num_blocks: int, block_size: int) -> None:
+        shape = (num_blocks, block_size, self.config.num_kv_heads, self.config.head_dim)
+        self.k_pools = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in range(self.config.num_layers)]
+        self.v_pools = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in range(self.config.num_layers)]
 
     # --- sequences ---------------------------------------------------------------------------------
     def _reserve(self, seq_id: int, max_tokens: int) -> None:
