@@ -74,11 +74,13 @@ class LlamaModel:
         return sum(t.numel() * t.element_size() for t in tensors)
 
     @torch.inference_mode()
-    def forward(self, input_ids: torch.Tensor, cache, last_index: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, cache, last_index: torch.Tensor | None = None,
+                all_positions: bool = False) -> torch.Tensor:
         """Logits for one step of a batch whose bookkeeping `cache.begin_step` already prepared.
 
         input_ids: [B, T] (right-padded); last_index: [B] which position's logits to return
-        (default: the last valid token of each row). Returns logits [B, vocab] in float32.
+        (default: the last valid token of each row). Returns logits [B, vocab] in float32, or with
+        all_positions=True every position's: [B, T, vocab] (perplexity needs them).
         """
         cfg = self.config
         step = cache.current_step
@@ -104,6 +106,8 @@ class LlamaModel:
             gate, up = F.linear(h, layer.w_gate_up).chunk(2, dim=-1)  # [B, T, ffn] each
             x = x + F.linear(F.silu(gate) * up, layer.w_down)
 
+        if all_positions:
+            return F.linear(rms_norm(x, self.final_norm, cfg.rms_eps), self.lm_head).float()  # [B, T, vocab]
         if last_index is None:
             last_index = step.q_lens - 1
         x_last = x[torch.arange(batch, device=x.device), last_index]  # [B, hidden]
