@@ -5,6 +5,8 @@
   load        cold (GGUF) and warm (cached) model load times
   copy        measured copy bandwidth of the device
   prefix      prefix caching: TTFT cold vs warm, hit rate, memory shared, token-exactness (JSON → benchmarks/results/)
+  quant       quantized KV cache: decode-kernel time, bytes and GB/s per scheme vs bf16; perplexity, greedy
+              agreement and memory per token on the real model (JSON → benchmarks/results/)
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import torch
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m kvlab.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["decode", "versus-hf", "load", "copy", "prefix"])
+    parser.add_argument("command", choices=["decode", "versus-hf", "load", "copy", "prefix", "quant"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--tokens", type=int, help="new tokens per generation (default: versus-hf 64, prefix 16)")
     parser.add_argument("--requests", type=int, default=16, help="prefix: chatbot requests (2 to 20)")
@@ -29,6 +31,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batches", type=int, nargs="+", help="decode: batch sizes (default by device)")
     parser.add_argument("--contexts", type=int, nargs="+", help="decode: context lengths (default by device)")
     parser.add_argument("--block-size", type=int, default=16, help="decode, prefix: tokens per KV block")
+    parser.add_argument("--windows", type=int, default=8, help="quant: perplexity windows of 256 tokens")
+    parser.add_argument("--skip-accuracy", action="store_true", help="quant: kernel timings only")
     parser.add_argument("--no-save", action="store_true", help="decode, prefix: print only, write no JSON")
     args = parser.parse_args(argv)
 
@@ -58,6 +62,21 @@ def main(argv: list[str] | None = None) -> None:
             print("saved", prefix.save(report))
         if not report["token_exact"]:
             raise SystemExit("prefix benchmark FAILED: the prefix cache changed the generated tokens (see above)")
+        return
+    if args.command == "quant":
+        from . import quant_accuracy, quant_speed
+        from .results import save_result
+
+        device = torch.device(args.device)
+        report = quant_speed.run(device, batches=args.batches, contexts=args.contexts, block_size=args.block_size)
+        quant_speed.print_speed(report)
+        if not args.skip_accuracy:
+            model, tokenizer = kvlab.load_model(device=args.device)
+            report["accuracy"] = quant_accuracy.run_accuracy(model, tokenizer, num_windows=args.windows,
+                                                             new_tokens=32 if args.tokens is None else args.tokens)
+            quant_accuracy.print_accuracy(report["accuracy"])
+        if not args.no_save:
+            print("saved", save_result("quant", report))
         return
     report: dict = {"device": device_label(args.device), "date": time.strftime("%Y-%m-%d")}
     if args.command == "copy":

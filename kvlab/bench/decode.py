@@ -10,10 +10,8 @@ On a CPU: the torch paths only (gather-then-attend vs SDPA), at small sizes, wit
 """
 from __future__ import annotations
 
-import json
 import math
 import pathlib
-import re
 import time
 from dataclasses import asdict, dataclass
 
@@ -24,6 +22,7 @@ from kvlab.cache.attention import attend_reference
 from kvlab.kernels import decode_bytes
 
 from ..progress import with_progress
+from .results import RESULTS, save_result
 from .roofs import device_label, measure_copy_bandwidth
 from .timers import median_seconds
 
@@ -124,12 +123,9 @@ def run(device: torch.device, batches, contexts, block_size: int, dtype: torch.d
     }
 
 
-def save(report: dict, folder: pathlib.Path = pathlib.Path("benchmarks/results")) -> pathlib.Path:
-    slug = re.sub(r"[^a-z0-9]+", "-", report["device"].lower()).strip("-")
-    path = folder / f"decode_{slug}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
-    return path
+def save(report: dict, folder: pathlib.Path = RESULTS) -> pathlib.Path:
+    """benchmarks/results/decode_<device>.json"""
+    return save_result("decode", report, folder)
 
 
 def print_table(report: dict) -> None:

@@ -17,9 +17,7 @@ never dropped.
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
-import re
 import statistics
 import time
 import warnings
@@ -32,6 +30,7 @@ from ..engine import generate
 from ..scenarios import (RAG_REQUESTS, Scenario, chatbot_scenario, chatbot_system_prompt, rag_scenario,
                          reusable_prefix_tokens)
 from ..progress import progress_bar
+from .results import RESULTS, save_result
 from .roofs import device_label
 
 TTFT_REDUCTION_TARGET = 0.85  # warm TTFT at most 15 % of cold for the chatbot
@@ -196,10 +195,6 @@ def _print_scenario(s: dict, report: dict, p: dict) -> None:
               f"{r['cold_ttft_s'] * 1e3:>8,.0f} {r['warm_ttft_s'] * 1e3:>8,.0f} {same:>4}")
 
 
-def save(report: dict, folder: pathlib.Path = pathlib.Path("benchmarks/results")) -> pathlib.Path:
+def save(report: dict, folder: pathlib.Path = RESULTS) -> pathlib.Path:
     """benchmarks/results/prefix_<device>.json"""
-    slug = re.sub(r"[^a-z0-9]+", "-", report["device"].lower()).strip("-")
-    path = pathlib.Path(folder) / f"prefix_{slug}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
-    return path
+    return save_result("prefix", report, folder)
