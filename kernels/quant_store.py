@@ -16,12 +16,13 @@ from __future__ import annotations
 import torch
 import triton.language as tl
 
-from kvlab.cache.quantization import FP8_MAX as _FP8_MAX, QuantScheme, quantize_channels, quantize_tokens
+from kvlab.cache.quantization import FP8_MAX as _FP8_MAX, FP8_MIN_NORMAL as _FP8_MIN_NORMAL, QuantScheme, quantize_channels, quantize_tokens
 
 from ._common import device_guard, jit_pair
 
 KIND_INT, KIND_FP8, KIND_ASYM = 0, 1, 2
 FP8_MAX = tl.constexpr(_FP8_MAX)  # constexpr: a kernel may read a global only as a compile-time constant
+FP8_MIN_NORMAL = tl.constexpr(_FP8_MIN_NORMAL)
 FP16_MAX = tl.constexpr(65504.0)
 
 
@@ -64,7 +65,13 @@ def _quantize_tokens_kernel(
         safe = tl.where(scale > 0, scale, 1.0)
         y = tl.div_rn(x, safe[:, None])
         if KIND == 1:
-            codes = tl.minimum(tl.maximum(y, -FP8_MAX), FP8_MAX)
+            # round_to_fp8 (kvlab/cache/quantization.py) spelled out: 3 mantissa bits, ties away from zero
+            magnitude = tl.abs(y)
+            exponent = ((magnitude.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127
+            step = (tl.maximum(exponent - 3 + 127, 1) << 23).to(tl.float32, bitcast=True)
+            rounded = tl.minimum(tl.floor(magnitude / step + 0.5) * step, FP8_MAX)
+            rounded = tl.where(magnitude < FP8_MIN_NORMAL, 0.0, rounded)
+            codes = tl.where(y < 0, -rounded, rounded)
         else:
             codes = tl.minimum(tl.maximum(tl.floor(y + 0.5), -QMAX), QMAX)
         tl.store(codes_row + channels, codes.to(codes_ptr.dtype.element_ty))

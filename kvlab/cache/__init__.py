@@ -12,6 +12,7 @@ from .quantized import QuantizedPagedCache
 from .region_allocator import NoFreeRegion, RegionAllocator  # the fragmentation lab's contiguous allocator
 
 CACHE_LAYOUTS = ("none", "contiguous", "paged", "prefix", "quantized")
+EXACT_LAYOUTS = CACHE_LAYOUTS[:4]  # these give HF's tokens exactly; "quantized" trades exactness for memory
 
 
 def make_cache(name: str, config, device, dtype, max_batch: int, max_len: int, **options) -> KVCache:
@@ -32,5 +33,5 @@ def make_cache(name: str, config, device, dtype, max_batch: int, max_len: int, *
 
 __all__ = ["KVCache", "Step", "NoCache", "ContiguousCache", "PagedCache", "BlockAllocator", "PoolExhausted",
            "blocks_for", "RegionAllocator", "PrefixCachedPagedCache", "PrefixEvent", "PrefixStats", "PrefixIndex",
-           "CachingBlockAllocator", "chain_hash", "NoFreeRegion", "CACHE_LAYOUTS", "make_cache",
+           "CachingBlockAllocator", "chain_hash", "NoFreeRegion", "CACHE_LAYOUTS", "EXACT_LAYOUTS", "make_cache",
            "QuantizedPagedCache", "QuantScheme", "make_scheme", "QUANT_SCHEMES"]

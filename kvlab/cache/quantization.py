@@ -5,7 +5,8 @@ Four schemes, all storing integer (or fp8) codes plus float16 scales:
     int8   symmetric, per token and KV head: groups of `group_size` channels (default: the whole head) share
            scale = absmax / 127; code = round(x / scale) in [-127, 127].
     fp8    float8 e4m3 codes, per token and KV head: scale = absmax / 448 maps the group onto fp8's range,
-           code = fp8(x / scale). Same bytes as int8; the codes are spaced logarithmically instead of evenly.
+           code = fp8(x / scale) (round_to_fp8: ties away from zero, |x / scale| < 2^-6 → 0). Same bytes as int8; the codes are spaced
+           logarithmically instead of evenly.
     int4   symmetric, groups of `group_size` channels per token: scale = absmax / 7, code in [-7, 7] stored
            as an unsigned nibble (code + 8); two codes per byte.
     kivi2  KIVI (Liu et al. 2024), asymmetric 2-bit (4 levels: code = round((x − min) / scale), scale =
@@ -34,6 +35,8 @@ BITS_TO_SCHEME = {8: "int8", 4: "int4", 2: "kivi2"}
 DEFAULT_GROUP = {"int8": None, "fp8": None, "int4": 32, "kivi2": 32}  # None: the whole head
 GROUP_SIZES = (8, 16, 32, 64, 128, 256)
 FP8_MAX = 448.0  # largest finite float8 e4m3 (fn) value
+FP8_MIN_NORMAL = 2.0 ** -6  # values below it are stored as 0: an error under absmax · 2^-6 / 448, and no
+# subnormal codes, whose rounding Triton's interpreter gets wrong
 SCALE_DTYPE = torch.float16
 SCALE_BYTES = 2
 
@@ -171,6 +174,19 @@ def _to_scale(x: torch.Tensor) -> torch.Tensor:
     return x.clamp(max=torch.finfo(SCALE_DTYPE).max).to(SCALE_DTYPE).float()
 
 
+def round_to_fp8(y: torch.Tensor) -> torch.Tensor:
+    """float32 → the nearest float8 e4m3 value, still in float32 (so the cast to fp8 after it is exact):
+    3 mantissa bits, ties away from zero, |y| < 2^-6 → 0, saturating at ±448. Written out with the exponent
+    bits rather than left to a cast, so the Triton store kernel can compute the very same values (Triton's
+    interpreter rounds 124.3 to 64 in its own cast: a carry into the exponent is lost)."""
+    magnitude = y.abs().float()
+    exponent = ((magnitude.view(torch.int32) >> 23) & 0xFF) - 127  # floor(log2 |y|) for normal floats
+    step = ((exponent - 3 + 127).clamp(min=1) << 23).view(torch.float32)  # 2^(exponent - 3): one mantissa step
+    rounded = (_round(magnitude / step) * step).clamp(max=FP8_MAX)
+    rounded = torch.where(magnitude < FP8_MIN_NORMAL, torch.zeros_like(rounded), rounded)
+    return torch.copysign(rounded, y.float())
+
+
 def quantize_tokens(scheme: QuantScheme, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """x [..., D] → codes [..., code_bytes] (scheme.code_dtype), scale [..., G] fp16, minimum [..., G] fp16 or
     None (symmetric). Groups of scheme.group_size consecutive channels share a scale."""
@@ -182,7 +198,7 @@ def quantize_tokens(scheme: QuantScheme, x: torch.Tensor) -> tuple[torch.Tensor,
         scale = _to_scale(groups.abs().amax(-1) / top)  # [..., G]
         safe = torch.where(scale > 0, scale, torch.ones_like(scale))[..., None]
         if scheme.name == "fp8":
-            codes = (groups / safe).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).reshape(*lead, dim)
+            codes = round_to_fp8(groups / safe).to(torch.float8_e4m3fn).reshape(*lead, dim)
             return codes, scale.to(SCALE_DTYPE), None
         q = _round(groups / safe).clamp(-scheme.qmax, scheme.qmax).reshape(*lead, dim)
         if scheme.bits == 8:
