@@ -250,13 +250,16 @@ def dequantize_channels(scheme: QuantScheme, codes: torch.Tensor, scale: torch.T
 def roundtrip_error_bound(scheme: QuantScheme, x: torch.Tensor, per_channel: bool = False) -> torch.Tensor:
     """The largest |x − dequantize(quantize(x))| allowed per element, [...x.shape]: half a quantization step
     (the group's range over its levels), plus the float16 rounding of the scale (and minimum) carried through.
-    fp8: e4m3 keeps 3 mantissa bits, so a relative 1/16 of the value plus half its smallest subnormal step."""
+    fp8: e4m3 keeps 3 mantissa bits, so a relative 1/16 of the value plus half its smallest subnormal step.
+    A scale below 2^-14 is a float16 subnormal, rounded to a fixed 2^-25: when it rounds down the top code
+    clamps, adding up to (top code) · 2^-25 — the absolute term, which matters only for groups under ~1e-2."""
     x = x.float()
     eps = 2.0 ** -10  # float16 relative rounding, with margin
+    subnormal = (FP8_MAX if scheme.name == "fp8" else scheme.qmax) * 2.0 ** -25 + 2.0 ** -25  # scale, minimum
     if per_channel:
         span = x.amax(0) - x.amin(0)
         step = span / scheme.qmax
-        return (step / 2 + eps * (x.abs().amax(0) + span) + 1e-30).expand_as(x)
+        return (step / 2 + eps * (x.abs().amax(0) + span) + subnormal).expand_as(x)
     *lead, dim = x.shape
     groups = x.reshape(*lead, scheme.num_groups, scheme.group_size)
     absmax = groups.abs().amax(-1, keepdim=True)
@@ -268,4 +271,4 @@ def roundtrip_error_bound(scheme: QuantScheme, x: torch.Tensor, per_channel: boo
     else:
         span = groups.amax(-1, keepdim=True) - groups.amin(-1, keepdim=True)
         bound = (span / scheme.qmax) / 2 + eps * (absmax + span)
-    return (bound + 1e-30).expand_as(groups).reshape(x.shape)
+    return (bound + subnormal).expand_as(groups).reshape(x.shape)
