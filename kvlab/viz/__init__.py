@@ -11,10 +11,14 @@ from .paged_figures import (block_tables_figure, decode_bandwidth_figure, occupa
 from .prefix_cache_widget import PrefixCacheLab
 from .prefix_figures import prompt_tokens_figure, ttft_figure
 from .radix_figures import radix_figure, radix_tree
+from .quant_figures import accuracy_figure, channel_absmax_figure, error_heatmaps, memory_figure
+from .quant_widget import QuantizationLab, quantization_lab
 
 __all__ = ["mode_banner", "kv_memory_figure", "presets_figure", "speedup_figure", "step_time_figure",
            "pool_figure", "block_tables_figure", "occupancy_figure", "reservation_figure", "snapshot",
            "decode_bandwidth_figure", "BlockTableLab", "PrefixCacheLab", "block_table_lab", "radix_figure",
            "radix_tree", "ttft_figure", "prompt_tokens_figure",
            "memory_over_time_figure", "waste_breakdown_figure", "concurrency_figure", "block_size_sweep_figure",
-           "fragmentation_lab", "fragmentation_lab_figure"]
+           "fragmentation_lab", "fragmentation_lab_figure",
+           "error_heatmaps", "memory_figure", "accuracy_figure", "channel_absmax_figure", "QuantizationLab",
+           "quantization_lab"]
