@@ -7,6 +7,9 @@ interpreter (each kernel is decorated twice, compiled and interpreted, and picks
     store_kv                 scatter new tokens' K/V into pool slots                      store_kv.py
     paged_decode_attention   one query per sequence, GQA-native, split-K                 paged_decode.py
     paged_prefill_attention  a causal chunk of queries per sequence over its paged K/V   paged_prefill.py
+    quantize_store           quantize K/V per token into codes + fp16 scales (int8/fp8/int4/kivi2 values)
+    quantize_key_blocks      kivi2 keys: per channel over a full block                    quant_store.py
+    quant_decode_attention   paged decode over a quantized pool, dequantized in registers quant_decode.py
 """
 import os
 
