@@ -102,13 +102,28 @@ def _quant_decode_kernel(
             if KIND == 0:  # symmetric codes are stored + 8
                 k = k - 8.0
                 v = v - 8.0
-        k_at = kv_head * stride_ksh + (block_ids * stride_ksb + rows * stride_kst)[:, None] + k_group[None, :]
-        v_at = kv_head * stride_vsh + (block_ids * stride_vsb + rows * stride_vst)[:, None] + v_group[None, :]
-        k = k * tl.load(ks_ptr + k_at, mask=valid[:, None], other=0.0).to(tl.float32)
-        v = v * tl.load(vs_ptr + v_at, mask=valid[:, None], other=0.0).to(tl.float32)
-        if KIND == 2:  # asymmetric: + the group's minimum
-            k = k + tl.load(km_ptr + k_at, mask=valid[:, None], other=0.0).to(tl.float32)
-            v = v + tl.load(vm_ptr + v_at, mask=valid[:, None], other=0.0).to(tl.float32)
+        # scales (and minimums): one per token when a group is the whole head — a [BLOCK_N] vector, loaded once;
+        # otherwise entry c // group of the token's scales (kivi2 keys: entry c of its block's) per channel
+        k_at = kv_head * stride_ksh + block_ids * stride_ksb + rows * stride_kst  # [BLOCK_N]
+        v_at = kv_head * stride_vsh + block_ids * stride_vsb + rows * stride_vst
+        if K_SCALE_GROUP == HEAD_DIM:
+            k = k * tl.load(ks_ptr + k_at, mask=valid, other=0.0).to(tl.float32)[:, None]
+            if KIND == 2:
+                k = k + tl.load(km_ptr + k_at, mask=valid, other=0.0).to(tl.float32)[:, None]
+        else:
+            k_at_c = k_at[:, None] + k_group[None, :]  # [BLOCK_N, D]
+            k = k * tl.load(ks_ptr + k_at_c, mask=valid[:, None], other=0.0).to(tl.float32)
+            if KIND == 2:
+                k = k + tl.load(km_ptr + k_at_c, mask=valid[:, None], other=0.0).to(tl.float32)
+        if V_SCALE_GROUP == HEAD_DIM:
+            v = v * tl.load(vs_ptr + v_at, mask=valid, other=0.0).to(tl.float32)[:, None]
+            if KIND == 2:
+                v = v + tl.load(vm_ptr + v_at, mask=valid, other=0.0).to(tl.float32)[:, None]
+        else:
+            v_at_c = v_at[:, None] + v_group[None, :]
+            v = v * tl.load(vs_ptr + v_at_c, mask=valid[:, None], other=0.0).to(tl.float32)
+            if KIND == 2:
+                v = v + tl.load(vm_ptr + v_at_c, mask=valid[:, None], other=0.0).to(tl.float32)
         k = k.to(q.dtype)
         v = v.to(q.dtype)
         scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_G, BLOCK_N]
