@@ -20,7 +20,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from .base import Step
+from .base import KVCache, Step
 from .paged import PagedCache
 from .quantization import SCALE_DTYPE, QuantScheme, make_scheme
 
@@ -251,6 +251,15 @@ class QuantizedPagedCache(PagedCache):
         """Quantized K + V of one token over all layers (codes, scales and the kivi2 per-block key scales)."""
         cfg = self.config
         return round(cfg.num_layers * cfg.num_kv_heads * self.scheme.bytes_per_token_head(self.block_size))
+
+    def kv_bytes_read(self, step: Step) -> int:
+        """Bytes the attention of `step` reads for its last token per sequence: codes and scales of the quantized
+        tokens, and (kivi2) the newest block's tokens in full precision."""
+        if not self.scheme.keeps_recent:
+            return super().kv_bytes_read(step)
+        lens = step.kv_lens.tolist()
+        quantized = sum((n - 1) // self.block_size * self.block_size for n in lens)
+        return quantized * self.bytes_per_token() + (sum(lens) - quantized) * KVCache.bytes_per_token(self)
 
     def recent_bytes(self) -> int:
         """kivi2: the full-precision recent slots of all layers (0 for the other schemes)."""
