@@ -107,7 +107,7 @@ def test_error_heatmaps_show_abs_k_and_exactly_the_reference_quantizers_error(ca
         assert shown.zmax == max(int4_error.zmax, kivi2_error.zmax)  # one colour scale
     titles = [a.text for a in fig.layout.annotations]
     mean = captures["int4"].quant_error(layer, head).mean().item()
-    assert f"int4 g32: keys per token, groups of 32<br>|K − K̂| mean {mean:.3f}" in titles
+    assert f"int4 g32: keys per token, groups of 32<br>mean |K − K̂| {mean:.3f}" in titles
     assert any(t.startswith("kivi2 g32: keys per channel, 16-token blocks") for t in titles)
     line, = fig.layout.shapes  # kivi2's exact newest block starts below this line
     assert line.y0 == captures["kivi2"].exact_from - 0.5

@@ -114,3 +114,12 @@ def test_a_group_size_the_head_cannot_take_is_refused_with_a_message_and_changes
     with pytest.raises(ValueError, match="group_size 48 is not supported"):
         lab.measure("int4", 48)
     assert lab.result is result and lab.group_buttons.value in lab.group_options
+
+
+def test_choosing_a_scheme_moves_the_group_to_its_usual_size(lab):
+    """int8 / fp8 start at one scale per head (64 channels), int4 / kivi2 at groups of 32 — so picking int8 gives
+    int8's usual 11,880 B per token rather than keeping int4's 32-channel groups."""
+    lab.scheme_menu.value = "int8"
+    assert lab.group_buttons.value == 64
+    lab.scheme_menu.value = "kivi2"
+    assert lab.group_buttons.value == 32

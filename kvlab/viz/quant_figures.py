@@ -56,12 +56,12 @@ def error_heatmaps(captures: KVCapture | list[KVCapture], layer: int, head: int 
         name = "V" if is_v else "K"
         titles.append(f"|{name}|, full precision")
         for c in captures:
-            over = f" over {c.exact_from} quantized tokens" if c.exact_from < c.num_tokens else ""
-            titles.append(f"{c.label}: {how_quantized(c, is_v)}<br>|{name} − {name}̂| mean "
-                          f"{c.mean_quant_error(layer, head, is_v):.3f}{over}")
+            over = f"over {c.exact_from} quantized tokens" if c.exact_from < c.num_tokens else ""
+            titles.append(f"{c.label}: {how_quantized(c, is_v)}<br>mean |{name} − {name}̂| "
+                          f"{c.mean_quant_error(layer, head, is_v):.3f}{'<br>' + over if over else ''}")
     fig = make_subplots(rows=len(kinds), cols=1 + len(captures), subplot_titles=titles, shared_yaxes=True,
                         horizontal_spacing=0.07, vertical_spacing=0.16)
-    fig.update_annotations(font_size=12)  # the subplot titles
+    fig.update_annotations(font_size=11)  # the subplot titles
     positions = list(range(first.num_tokens))
     for row, is_v in enumerate(kinds, start=1):
         name = "V" if is_v else "K"
@@ -88,10 +88,10 @@ def error_heatmaps(captures: KVCapture | list[KVCapture], layer: int, head: int 
         fig.update_yaxes(autorange="reversed", row=row, col=1, title_text="token position")
         fig.update_xaxes(title_text="channel", row=row)
     drift = ", ".join(dict.fromkeys(f"{c.label} {c.mean_drift(layer):.3f}" for c in captures))
-    fig.update_layout(template="plotly_white", height=200 + 320 * len(kinds), margin=dict(t=120),
+    fig.update_layout(template="plotly_white", height=220 + 320 * len(kinds), margin=dict(t=160),
                       title_font_size=14,
                       title=f"Layer {layer}, KV head {head}: quantization error per token and channel<br><sup>K: what "
-                            f"the quantized run's layer handed its cache; K̂: what the cache reads back. Drift from "
+                            f"the quantized run's layer handed its cache; K̂: what the cache reads back.<br>Drift from "
                             f"earlier layers' errors, mean |K_full − K|: {drift}</sup>")
     return fig
 

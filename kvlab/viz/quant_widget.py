@@ -185,7 +185,8 @@ class QuantizationLab:
         self.scheme_menu = widgets.Dropdown(options=list(SCHEMES), value=scheme, description="scheme")
         self.group_buttons = widgets.ToggleButtons(options=self.group_options, value=group_size,
                                                    description="group size", style={"button_width": "48px"})
-        self.compare_menu = widgets.Dropdown(options=list(SCHEMES), value=compare, description="compare with")
+        self.compare_menu = widgets.Dropdown(options=list(SCHEMES), value=compare, description="compare with",
+                                             style={"description_width": "initial"})
         self.measure_button = widgets.Button(description="measure", button_style="primary", icon="play")
         self.measure_button.on_click(lambda _: self._press())
         self.group_help = widgets.HTML().add_class("kvlab-group-note")
@@ -201,6 +202,7 @@ class QuantizationLab:
         self.perplexity_text = widgets.HTML().add_class("kvlab-quant-perplexity")
         self.texts = widgets.HTML().add_class("kvlab-quant-texts")
         self.accuracy_view = go.FigureWidget(_placeholder("measured so far: memory against accuracy"))
+        self.scheme_menu.observe(lambda change: self._default_group(change["new"]), names="value")
         for control in (self.scheme_menu, self.group_buttons):
             control.observe(lambda _: self._update_note(), names="value")
         for control in (self.layer_slider, self.head_buttons):
@@ -215,6 +217,10 @@ class QuantizationLab:
             widgets.HBox([self.layer_slider, self.head_buttons]), self.error_view, self.absmax_view,
             self.accuracy_view,
         ]).add_class("kvlab-quant-lab")
+
+    def _default_group(self, scheme: str) -> None:
+        """A new scheme starts at its usual group: the whole head for int8 / fp8, 32 channels for int4 / kivi2."""
+        self.group_buttons.value = make_scheme(scheme, self.config.head_dim).group_size
 
     def _update_note(self) -> None:
         self.group_help.value = html.escape(group_note(self.scheme_menu.value, self.group_buttons.value,
