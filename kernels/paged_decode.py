@@ -190,13 +190,7 @@ def paged_decode_attention(query: torch.Tensor, k_pool: torch.Tensor, v_pool: to
     query = query if query.stride(-1) == 1 else query.contiguous()
     group = num_q_heads // pools.num_kv_heads
     out = torch.empty_like(query, memory_format=torch.contiguous_format)  # [B, Hq, D]
-    if num_splits == 1:
-        target, lse = out, out  # lse unused
-        target_strides = (out.stride(0), out.stride(1), 0)
-    else:
-        target = torch.empty(batch, num_q_heads, num_splits, head_dim, device=query.device, dtype=torch.float32)
-        lse = torch.empty(batch, num_q_heads, num_splits, device=query.device, dtype=torch.float32)
-        target_strides = (target.stride(0), target.stride(1), target.stride(2))
+    target, lse, target_strides = split_scratch(out, num_splits)
     kernel, config = _decode_launcher(query.device)
     with device_guard(query.device):
         kernel[(batch, pools.num_kv_heads, num_splits)](
@@ -213,14 +207,31 @@ def paged_decode_attention(query: torch.Tensor, k_pool: torch.Tensor, v_pool: to
             **dot_flags(query.dtype, query.device), **config,
         )
         if num_splits > 1:
-            _combine_splits_kernel.for_device(query.device)[(batch, num_q_heads)](
-                target, lse, out,
-                target.stride(0), target.stride(1), target.stride(2),
-                lse.stride(0), lse.stride(1),
-                out.stride(0), out.stride(1),
-                NUM_SPLITS=num_splits, BLOCK_S=next_power_of_2(num_splits), HEAD_DIM=head_dim,
-            )
+            combine_splits(target, lse, out)
     return out
+
+
+def split_scratch(out: torch.Tensor, num_splits: int):
+    """Where a decode kernel writes: `out` [R, Hq, D] itself, or with split-K fp32 partial outputs
+    [R, Hq, splits, D] and their log-sum-exps [R, Hq, splits]. Returns (target, lse, target strides)."""
+    if num_splits == 1:
+        return out, out, (out.stride(0), out.stride(1), 0)  # lse unused
+    rows, heads, head_dim = out.shape
+    target = torch.empty(rows, heads, num_splits, head_dim, device=out.device, dtype=torch.float32)
+    lse = torch.empty(rows, heads, num_splits, device=out.device, dtype=torch.float32)
+    return target, lse, (target.stride(0), target.stride(1), target.stride(2))
+
+
+def combine_splits(partial: torch.Tensor, lse: torch.Tensor, out: torch.Tensor) -> None:
+    """Second pass of split-K: out [R, Hq, D] = the splits' partial outputs weighted by exp2(lse). In place."""
+    rows, heads, num_splits, head_dim = partial.shape
+    _combine_splits_kernel.for_device(out.device)[(rows, heads)](
+        partial, lse, out,
+        partial.stride(0), partial.stride(1), partial.stride(2),
+        lse.stride(0), lse.stride(1),
+        out.stride(0), out.stride(1),
+        NUM_SPLITS=num_splits, BLOCK_S=next_power_of_2(num_splits), HEAD_DIM=head_dim,
+    )
 
 
 def paged_decode_reference(query: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor,

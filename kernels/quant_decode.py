@@ -31,7 +31,7 @@ import triton.language as tl
 from kvlab.cache.quantization import QuantScheme, dequantize_tokens, unpack_codes
 
 from ._common import device_guard, dot_flags, interpreting, jit_pair, next_power_of_2
-from .paged_decode import AUTOTUNE_CONFIGS, INTERPRETER_BLOCK_N, _combine_splits_kernel, choose_num_splits
+from .paged_decode import AUTOTUNE_CONFIGS, INTERPRETER_BLOCK_N, choose_num_splits, combine_splits, split_scratch
 from .quant_store import kind_of
 
 
@@ -219,13 +219,8 @@ def quant_decode_attention(scheme: QuantScheme, rows_q: torch.Tensor, pool, bloc
         assert stage_k is not None and stage_v is not None and stage_k.stride() == stage_v.stride()
     else:
         stage_k = stage_v = rows_q  # unused
-    out = torch.empty_like(rows_q, memory_format=torch.contiguous_format)
-    if num_splits == 1:
-        target, lse, target_strides = out, out, (out.stride(0), out.stride(1), 0)
-    else:
-        target = torch.empty(num_rows, num_q_heads, num_splits, head_dim, device=rows_q.device, dtype=torch.float32)
-        lse = torch.empty(num_rows, num_q_heads, num_splits, device=rows_q.device, dtype=torch.float32)
-        target_strides = (target.stride(0), target.stride(1), target.stride(2))
+    out = torch.empty_like(rows_q, memory_format=torch.contiguous_format)  # [R, Hq, D]
+    target, lse, target_strides = split_scratch(out, num_splits)
     k_min = pool.k_min if pool.k_min is not None else pool.k_scale
     v_min = pool.v_min if pool.v_min is not None else pool.v_scale
     key_strides = ((pool.k_scale.stride(0), 0, pool.k_scale.stride(1)) if scheme.keys_per_channel
@@ -252,13 +247,7 @@ def quant_decode_attention(scheme: QuantScheme, rows_q: torch.Tensor, pool, bloc
             V_PACK_GROUP=scheme.group_size, HAS_RECENT=has_recent, **dot_flags(rows_q.dtype, rows_q.device), **config,
         )
         if num_splits > 1:
-            _combine_splits_kernel.for_device(rows_q.device)[(num_rows, num_q_heads)](
-                target, lse, out,
-                target.stride(0), target.stride(1), target.stride(2),
-                lse.stride(0), lse.stride(1),
-                out.stride(0), out.stride(1),
-                NUM_SPLITS=num_splits, BLOCK_S=next_power_of_2(num_splits), HEAD_DIM=head_dim,
-            )
+            combine_splits(target, lse, out)
     return out
 
 
