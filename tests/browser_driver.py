@@ -1,4 +1,5 @@
-"""Helpers for tests/test_browser.py: a throw-away JupyterLab server and a few page actions for Playwright.
+"""Helpers for the browser tests (tests/test_browser*.py): a throw-away JupyterLab server and a few page actions
+for Playwright.
 
 The server runs from this Python environment (`python -m jupyter lab`) in its own process group, with every
 Jupyter directory (config, runtime, data, IPython) inside one temporary folder, so that:
@@ -8,6 +9,7 @@ Jupyter directory (config, runtime, data, IPython) inside one temporary folder, 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -231,3 +233,64 @@ def wait_all_cells_done(page, timeout_s: float) -> None:
                 return
         time.sleep(0.5)
     raise TimeoutError(f"cells still running after {timeout_s:.0f} s")
+
+
+def require_chromium() -> str:
+    """Chromium's path, with the playwright package importable; otherwise skip — or fail under CI (env CI set),
+    where .ci/run installs chromium and the browser tests must run."""
+    import pytest
+
+    def missing(reason: str) -> None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; CI is set, so the browser test must run (.ci/run installs chromium)")
+        pytest.skip(reason)
+
+    path = find_chromium()
+    if path is None:
+        missing("chromium not found (/usr/bin/chromium or on PATH): apt-get install chromium")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        missing("the playwright package is not installed (pip install -e '.[test]')")
+    return path
+
+
+@contextlib.contextmanager
+def lab_serving(notebooks: pathlib.Path, notebook: pathlib.Path, home: pathlib.Path, server_log: pathlib.Path):
+    """JupyterLab on a clean copy of the `notebooks` folder in `home` (with `notebook`'s outputs cleared); its log
+    is copied to `server_log` afterwards, and nothing it started may be left running."""
+    root = home / "notebooks"
+    shutil.copytree(notebooks, root, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    clean_copy(notebook, root / notebook.name)
+    server = JupyterLab(root, home)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        if server.log_path.exists():
+            server_log.parent.mkdir(exist_ok=True)
+            shutil.copyfile(server.log_path, server_log)
+        leftovers = processes_mentioning(str(home))
+        for proc in leftovers:
+            proc.kill()
+        assert not leftovers, f"processes left running after teardown: {[p.info['cmdline'] for p in leftovers]}"
+
+
+def start_run_all(page) -> None:
+    """Focus a cell (run-all may do nothing otherwise), then run all; retry once if nothing starts."""
+    import pytest
+
+    for _attempt in range(2):
+        dismiss_popups(page)
+        page.locator(".jp-Notebook .jp-Cell").first.click()
+        page.keyboard.press("Escape")  # command mode
+        page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            started = page.evaluate(
+                "() => [...document.querySelectorAll('.jp-InputPrompt')].some(e => /\\[(\\*|\\d+)\\]/.test(e.textContent))")
+            if started:
+                return
+            time.sleep(0.5)
+    pytest.fail("notebook:run-all-cells started no cell")

@@ -15,14 +15,12 @@ from __future__ import annotations
 import os
 import pathlib
 import re
-import shutil
 import time
 
 import pytest
 
-from browser_driver import (CHROMIUM_ARGS, JupyterLab, clean_copy, dismiss_popups, error_outputs, find_chromium,
-                            processes_mentioning, running_prompts, wait_all_cells_done, wait_for_lab,
-                            wait_kernel_idle)
+from browser_driver import (CHROMIUM_ARGS, JupyterLab, dismiss_popups, error_outputs, lab_serving, require_chromium,
+                            running_prompts, start_run_all, wait_all_cells_done, wait_for_lab, wait_kernel_idle)
 
 pytestmark = pytest.mark.browser
 
@@ -35,12 +33,6 @@ BUTTONS = ("Add request", "Decode", "Finish", "Fork", "Reset")
 REQUEST_LENGTH = "20"
 RUN_TIMEOUT_S = 300  # run-all on a 2-core CPU machine, model load included
 CHANGE_TIMEOUT_S = 30
-
-
-def _missing(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason}; CI is set, so the browser test must run (.ci/run installs chromium)")
-    pytest.skip(reason)
 
 
 @pytest.fixture
@@ -58,14 +50,7 @@ def notebook_path() -> pathlib.Path:
 
 @pytest.fixture
 def chromium(notebook_path) -> str:
-    path = find_chromium()
-    if path is None:
-        _missing("chromium not found (/usr/bin/chromium or on PATH): apt-get install chromium")
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        _missing("the playwright package is not installed (pip install -e '.[test]')")
-    return path
+    return require_chromium()
 
 
 @pytest.fixture
@@ -74,22 +59,8 @@ def lab(tmp_path_factory, notebook_path, chromium):
     for stale in ARTIFACTS.glob("block_table_*.png"):
         stale.unlink()
     home = tmp_path_factory.mktemp("kvlab-browser")
-    root = home / "notebooks"
-    shutil.copytree(ROOT / "notebooks", root, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
-    clean_copy(notebook_path, root / notebook_path.name)
-    server = JupyterLab(root, home)
-    try:
-        server.start()
+    with lab_serving(ROOT / "notebooks", notebook_path, home, ARTIFACTS / "browser_jupyter_server.log") as server:
         yield server
-    finally:
-        server.stop()
-        if server.log_path.exists():
-            ARTIFACTS.mkdir(exist_ok=True)
-            shutil.copyfile(server.log_path, ARTIFACTS / "browser_jupyter_server.log")
-        leftovers = processes_mentioning(str(home))
-        for proc in leftovers:
-            proc.kill()
-        assert not leftovers, f"processes left running after teardown: {[p.info['cmdline'] for p in leftovers]}"
 
 
 def _pool_state(page) -> dict:
@@ -121,23 +92,6 @@ def _wait_pool_change(page, before: dict, action: str) -> dict:
                 f"message {now['message']!r}" + (f"; tracebacks: {errors}" if errors else ""))
 
 
-def _start_run_all(page) -> None:
-    """Focus a cell (run-all may do nothing otherwise), then run all; retry once if nothing starts."""
-    for _attempt in range(2):
-        dismiss_popups(page)
-        page.locator(".jp-Notebook .jp-Cell").first.click()
-        page.keyboard.press("Escape")  # command mode
-        page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            started = page.evaluate(
-                "() => [...document.querySelectorAll('.jp-InputPrompt')].some(e => /\\[(\\*|\\d+)\\]/.test(e.textContent))")
-            if started:
-                return
-            time.sleep(0.5)
-    pytest.fail("notebook:run-all-cells started no cell")
-
-
 def _wait_for_widget(page, lab: JupyterLab) -> None:
     deadline = time.monotonic() + RUN_TIMEOUT_S
     plot = page.locator(PLOT).first
@@ -165,7 +119,7 @@ def test_block_table_widget_redraws_in_a_real_browser(lab, chromium, notebook_pa
             page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=120_000)
             wait_kernel_idle(page, timeout_ms=120_000)
             lab.remember_descendants()
-            _start_run_all(page)
+            start_run_all(page)
             _wait_for_widget(page, lab)
             wait_all_cells_done(page, RUN_TIMEOUT_S)
             lab.remember_descendants()
