@@ -35,3 +35,29 @@ def test_decode_benchmark_reports_bytes_and_bandwidth_and_saves_json(tmp_path):
     assert abs(case["paged_gb_s"] - case["bytes_moved"] / case["paged_s"] / 1e9) < 1e-9
     path = decode.save(report, tmp_path)
     assert path.name.startswith("decode_cpu") and json.loads(path.read_text())["cases"][0]["context"] == 64
+
+
+def test_matmul_roof_counts_two_flops_per_term_and_is_positive():
+    from kvlab.bench import measure_matmul_flops
+
+    mm = measure_matmul_flops("cpu", size=128)
+    assert mm.flops == 2 * 128 ** 3 and mm.dtype == "float32"
+    assert mm.flops_per_s == mm.flops / mm.seconds > 0
+
+
+def test_device_roofs_are_measured_once_per_process_and_give_the_roofline(monkeypatch):
+    from kvlab.bench import roofs
+
+    calls = []
+    monkeypatch.setattr(roofs, "_measured", {})
+    monkeypatch.setattr(roofs, "measure_copy_bandwidth", lambda device: calls.append("copy") or
+                        roofs.CopyBandwidth("cpu", bytes_moved=10**9, seconds=0.1))  # 10 GB/s
+    monkeypatch.setattr(roofs, "measure_matmul_flops", lambda device, dtype: calls.append("mm") or
+                        roofs.MatmulThroughput("cpu", "float32", size=1000, seconds=0.02))  # 100 GFLOP/s
+    first = roofs.device_roofs("cpu")
+    assert roofs.device_roofs("cpu") is first and calls == ["copy", "mm"]
+    assert first.ridge_flop_per_byte == 10.0
+    assert first.attainable_flops_per_s(1.0) == 1e10  # bandwidth-bound: 1 FLOP/byte × 10 GB/s
+    assert first.attainable_flops_per_s(100.0) == 1e11  # compute-bound: the matmul roof
+    roofs.device_roofs("cpu", refresh=True)
+    assert calls == ["copy", "mm", "copy", "mm"]

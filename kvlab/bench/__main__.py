@@ -4,6 +4,7 @@
   versus-hf   kvlab batch-1 decode tokens/s vs HF transformers generate (CPU)
   load        cold (GGUF) and warm (cached) model load times
   copy        measured copy bandwidth of the device
+  roofs       the device's roofs: copy bandwidth and matmul FLOP/s in the working dtype, and the ridge point
   prefix      prefix caching: TTFT cold vs warm, hit rate, memory shared, token-exactness (JSON → benchmarks/results/)
   quant       quantized KV cache: decode-kernel time, bytes and GB/s per scheme vs bf16; perplexity, greedy
               agreement and memory per token on the real model (JSON → benchmarks/results/)
@@ -22,7 +23,7 @@ import torch
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m kvlab.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["decode", "versus-hf", "load", "copy", "prefix", "quant"])
+    parser.add_argument("command", choices=["decode", "versus-hf", "load", "copy", "roofs", "prefix", "quant"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--tokens", type=int, help="new tokens per generation (default: versus-hf 64, prefix 16)")
     parser.add_argument("--requests", type=int, default=16, help="prefix: chatbot requests (2 to 20)")
@@ -82,6 +83,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "copy":
         bw = measure_copy_bandwidth(args.device)
         report.update(copy_gb_s=bw.gb_per_s, bytes_moved=bw.bytes_moved)
+    elif args.command == "roofs":
+        from .roofs import device_roofs
+
+        roofs = device_roofs(args.device)
+        report.update(copy_gb_s=roofs.copy.gb_per_s, copy_bytes=roofs.copy.bytes_moved,
+                      matmul_tflop_s=roofs.matmul.flops_per_s / 1e12, matmul_dtype=roofs.matmul.dtype,
+                      matmul_size=roofs.matmul.size, ridge_flop_per_byte=roofs.ridge_flop_per_byte)
     elif args.command == "load":
         with tempfile.TemporaryDirectory() as cache_dir:
             os.environ["KVLAB_CACHE_DIR"] = cache_dir

@@ -24,7 +24,7 @@ from kvlab.kernels.quant_store import quantize_key_blocks, quantize_store
 
 from ..progress import with_progress
 from .roofs import device_label, measure_copy_bandwidth
-from .timers import median_seconds
+from .timers import device_timer
 
 LLAMA3_8B = dict(num_q_heads=32, num_kv_heads=8, head_dim=128)
 CPU_SHAPES = dict(num_q_heads=9, num_kv_heads=3, head_dim=64)  # SmolLM2's
@@ -63,14 +63,6 @@ def quantized_pool(scheme, k: torch.Tensor, v: torch.Tensor) -> QuantizedPool:
     return pool
 
 
-def _timer(device: torch.device):
-    if device.type == "cuda":
-        import triton
-
-        return lambda fn: triton.testing.do_bench(fn, return_mode="median") / 1e3
-    return lambda fn: median_seconds(fn, device, warmup=1, repeats=5)
-
-
 def run(device: torch.device, schemes=("int8", "fp8", "int4", "kivi2"), batches=None, contexts=None,
         block_size: int = 16, progress: bool = True) -> dict:
     gpu = device.type == "cuda"
@@ -80,7 +72,7 @@ def run(device: torch.device, schemes=("int8", "fp8", "int4", "kivi2"), batches=
     dtype = torch.bfloat16 if gpu else torch.float32
     elem = torch.finfo(dtype).bits // 8
     hq, hkv, dim = shapes["num_q_heads"], shapes["num_kv_heads"], shapes["head_dim"]
-    timer = _timer(device)
+    timer = device_timer(device)
     copy = measure_copy_bandwidth(device)
     usable = [s for s in schemes if s != "fp8" or make_scheme_ok(s, dim, device)]
     rows = []

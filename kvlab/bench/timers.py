@@ -25,3 +25,14 @@ def median_seconds(fn: Callable[[], object], device: torch.device | str = "cpu",
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def device_timer(device: torch.device | str) -> Callable[[Callable[[], object]], float]:
+    """A median timer for `device`: triton.testing.do_bench on CUDA (warm-up, repeats, L2 flush, median), else
+    median_seconds with the host clock. Returns seconds."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        import triton
+
+        return lambda fn: triton.testing.do_bench(fn, return_mode="median") / 1e3
+    return lambda fn: median_seconds(fn, device, warmup=1, repeats=5)
