@@ -61,3 +61,22 @@ def test_device_roofs_are_measured_once_per_process_and_give_the_roofline(monkey
     assert first.attainable_flops_per_s(100.0) == 1e11  # compute-bound: the matmul roof
     roofs.device_roofs("cpu", refresh=True)
     assert calls == ["copy", "mm", "copy", "mm"]
+
+
+def test_grouped_decode_reads_each_kv_head_once_and_equals_sdpa():
+    from kvlab.bench import gqa
+
+    query, _, _, _, _, k, v = decode.make_inputs(3, 37, 4, num_q_heads=8, num_kv_heads=2, head_dim=16,
+                                                 dtype=torch.float32, device=torch.device("cpu"))
+    torch.testing.assert_close(gqa.grouped_decode(query, k, v), decode.sdpa_decode(query, k, v))
+
+
+def test_mha_gqa_mqa_report_the_same_problem_with_a_quarter_and_one_sixteenth_of_the_kv_bytes():
+    from kvlab.bench import gqa
+
+    report = gqa.run(torch.device("cpu"), batch=1, context=64)
+    rows = {r["variant"]: r for r in report["rows"]}
+    assert [rows[v]["num_kv_heads"] for v in ("MHA", "GQA", "MQA")] == [16, 4, 1]
+    assert rows["GQA"]["bytes_vs_mha"] == 0.25 and rows["MQA"]["bytes_vs_mha"] == 1 / 16
+    assert rows["SmolLM2 (GQA 3:1)"]["num_q_heads"] == 9 and rows["SmolLM2 (GQA 3:1)"]["num_kv_heads"] == 3
+    assert all(r["seconds"] > 0 and r["gb_s"] == r["bytes_moved"] / r["seconds"] / 1e9 for r in rows.values())
