@@ -41,6 +41,23 @@ class KernelPair:
         return self.interpreted if interpreting(device) else self.compiled
 
 
+class Launcher:
+    """How a KernelPair is launched: under the interpreter with one fixed, small configuration (its cost is per
+    tile-iteration, not per byte); on CUDA the compiled kernel autotuned over `configs` by `key`, built on first use."""
+
+    def __init__(self, kernel: KernelPair, configs: list, key: list[str]):
+        self.kernel, self.configs, self.key = kernel, configs, key
+        self._autotuned = None
+
+    def __call__(self, device: torch.device, interpreter_config: dict):
+        """(kernel, launch config): the config only under the interpreter; autotuning picks it on CUDA."""
+        if interpreting(device):
+            return self.kernel.interpreted, interpreter_config
+        if self._autotuned is None:
+            self._autotuned = triton.autotune(self.configs, key=self.key)(self.kernel.compiled)
+        return self._autotuned, {}
+
+
 def device_guard(device: torch.device):
     """Launch on the tensors' GPU, not the current one."""
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()

@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import check_paged_inputs, device_guard, dot_flags, interpreting, jit_pair, next_power_of_2
+from ._common import Launcher, check_paged_inputs, device_guard, dot_flags, interpreting, jit_pair, next_power_of_2
 
 MIN_TOKENS_PER_SPLIT = 256  # each split spans several tiles, or the combine costs more than the split saves
 MAX_SPLITS = 128
@@ -128,18 +128,8 @@ def _combine_splits_kernel(
     tl.store(out_ptr + seq * stride_ob + head * stride_oh + offs_d, out.to(out_ptr.dtype.element_ty))
 
 
-_autotuned_decode = None
-
-
-def _decode_launcher(device: torch.device):
-    """The fixed interpreter configuration, or (built on first CUDA use) the autotuned compiled kernel."""
-    global _autotuned_decode
-    if interpreting(device):
-        return _paged_decode_kernel.interpreted, {"BLOCK_N": INTERPRETER_BLOCK_N}
-    if _autotuned_decode is None:
-        _autotuned_decode = triton.autotune(AUTOTUNE_CONFIGS, key=["HEAD_DIM", "LOG2_BLOCK_SIZE", "BLOCK_G", "NUM_SPLITS"])(
-            _paged_decode_kernel.compiled)
-    return _autotuned_decode, {}
+_decode_launcher = Launcher(_paged_decode_kernel, AUTOTUNE_CONFIGS,
+                            key=["HEAD_DIM", "LOG2_BLOCK_SIZE", "BLOCK_G", "NUM_SPLITS"])
 
 
 def choose_num_splits(batch: int, num_kv_heads: int, max_context: int, device: torch.device | str, *,
@@ -191,7 +181,7 @@ def paged_decode_attention(query: torch.Tensor, k_pool: torch.Tensor, v_pool: to
     group = num_q_heads // pools.num_kv_heads
     out = torch.empty_like(query, memory_format=torch.contiguous_format)  # [B, Hq, D]
     target, lse, target_strides = split_scratch(out, num_splits)
-    kernel, config = _decode_launcher(query.device)
+    kernel, config = _decode_launcher(query.device, {"BLOCK_N": INTERPRETER_BLOCK_N})
     with device_guard(query.device):
         kernel[(batch, pools.num_kv_heads, num_splits)](
             query, k_pool, v_pool, block_tables, context_lens, target, lse,

@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (INDEX_DTYPES, check_paged_inputs, check_same_device, device_guard, dot_flags, interpreting,
+from ._common import (INDEX_DTYPES, Launcher, check_paged_inputs, check_same_device, device_guard, dot_flags,
                       jit_pair, next_power_of_2)
 
 INTERPRETER_BLOCK_N = 32  # under the interpreter one fixed configuration; BLOCK_M = max(32, group rounded up)
@@ -99,17 +99,7 @@ def _paged_prefill_kernel(
              out.to(out_ptr.dtype.element_ty), mask=row_valid[:, None])
 
 
-_autotuned_prefill = None
-
-
-def _prefill_launcher(device: torch.device, group: int):
-    global _autotuned_prefill
-    if interpreting(device):
-        return _paged_prefill_kernel.interpreted, {"BLOCK_M": max(32, next_power_of_2(group)), "BLOCK_N": INTERPRETER_BLOCK_N}
-    if _autotuned_prefill is None:
-        _autotuned_prefill = triton.autotune(AUTOTUNE_CONFIGS, key=["HEAD_DIM", "LOG2_BLOCK_SIZE", "GROUP"])(
-            _paged_prefill_kernel.compiled)
-    return _autotuned_prefill, {}
+_prefill_launcher = Launcher(_paged_prefill_kernel, AUTOTUNE_CONFIGS, key=["HEAD_DIM", "LOG2_BLOCK_SIZE", "GROUP"])
 
 
 def _check_q_lens(q_lens: torch.Tensor, query: torch.Tensor, context_lens: torch.Tensor, check: bool) -> None:
@@ -147,7 +137,8 @@ def paged_prefill_attention(query: torch.Tensor, k_pool: torch.Tensor, v_pool: t
     scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
     query = query if query.stride(-1) == 1 else query.contiguous()
     out = torch.zeros(query.shape, device=query.device, dtype=query.dtype)  # [B, T, Hq, D]
-    kernel, config = _prefill_launcher(query.device, group)
+    kernel, config = _prefill_launcher(query.device, {"BLOCK_M": max(32, next_power_of_2(group)),
+                                                       "BLOCK_N": INTERPRETER_BLOCK_N})
 
     def grid(meta):
         return (triton.cdiv(max_new, meta["BLOCK_M"] // group), batch, pools.num_kv_heads)

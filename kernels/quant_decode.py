@@ -25,12 +25,11 @@ from __future__ import annotations
 import math
 
 import torch
-import triton
 import triton.language as tl
 
 from kvlab.cache.quantization import QuantScheme, dequantize_tokens, unpack_codes
 
-from ._common import device_guard, dot_flags, interpreting, jit_pair, next_power_of_2
+from ._common import Launcher, device_guard, dot_flags, jit_pair, next_power_of_2
 from .paged_decode import AUTOTUNE_CONFIGS, INTERPRETER_BLOCK_N, choose_num_splits, combine_splits, split_scratch
 from .quant_store import kind_of
 
@@ -168,17 +167,8 @@ def _quant_decode_kernel(
         tl.store(lse_ptr + row * stride_lr + heads * stride_lh + split, lse, mask=group_mask)
 
 
-_autotuned = None
-
-
-def _launcher(device: torch.device):
-    global _autotuned
-    if interpreting(device):
-        return _quant_decode_kernel.interpreted, {"BLOCK_N": INTERPRETER_BLOCK_N}
-    if _autotuned is None:
-        _autotuned = triton.autotune(AUTOTUNE_CONFIGS, key=["HEAD_DIM", "LOG2_BLOCK_SIZE", "BLOCK_G", "NUM_SPLITS",
-                                                             "BITS", "KIND", "HAS_RECENT"])(_quant_decode_kernel.compiled)
-    return _autotuned, {}
+_launcher = Launcher(_quant_decode_kernel, AUTOTUNE_CONFIGS,
+                     key=["HEAD_DIM", "LOG2_BLOCK_SIZE", "BLOCK_G", "NUM_SPLITS", "BITS", "KIND", "HAS_RECENT"])
 
 
 def _check_rows(scheme: QuantScheme, rows_q: torch.Tensor, pool, block_tables: torch.Tensor, rows: list[torch.Tensor]):
@@ -225,7 +215,7 @@ def quant_decode_attention(scheme: QuantScheme, rows_q: torch.Tensor, pool, bloc
     v_min = pool.v_min if pool.v_min is not None else pool.v_scale
     key_strides = ((pool.k_scale.stride(0), 0, pool.k_scale.stride(1)) if scheme.keys_per_channel
                    else (pool.k_scale.stride(0), pool.k_scale.stride(1), pool.k_scale.stride(2)))
-    kernel, config = _launcher(rows_q.device)
+    kernel, config = _launcher(rows_q.device, {"BLOCK_N": INTERPRETER_BLOCK_N})
     group = num_q_heads // num_kv_heads
     with device_guard(rows_q.device):
         kernel[(num_rows, num_kv_heads, num_splits)](
