@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from kvlab.cache import PagedCache, QuantizedPagedCache, make_scheme
+from kvlab.cache import PagedCache, QuantizedPagedCache, make_cache, make_scheme
 from kvlab.corpus import perplexity_windows
 from kvlab.engine.generate import generate
 
@@ -48,14 +48,12 @@ class SchemeAccuracy:
 
 def quantized_cache(model, scheme: str, group_size: int | None, max_len: int, max_batch: int = 1,
                     block_size: int = 16, backend: str | None = None) -> QuantizedPagedCache:
-    num_blocks = max_batch * -(-max_len // block_size)
-    return QuantizedPagedCache(model.config, model.device, model.dtype, num_blocks=num_blocks, block_size=block_size,
-                               scheme=scheme, group_size=group_size, backend=backend, max_seqs=max_batch)
+    return make_cache("quantized", model.config, model.device, model.dtype, max_batch, max_len, block_size=block_size,
+                      scheme=scheme, group_size=group_size, backend=backend)
 
 
 def full_precision_cache(model, max_len: int, max_batch: int = 1, block_size: int = 16) -> PagedCache:
-    return PagedCache(model.config, model.device, model.dtype, num_blocks=max_batch * -(-max_len // block_size),
-                      block_size=block_size)
+    return make_cache("paged", model.config, model.device, model.dtype, max_batch, max_len, block_size=block_size)
 
 
 def window_nll(model, ids: list[int], cache) -> torch.Tensor:

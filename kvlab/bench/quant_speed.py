@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from kvlab.cache.quantization import make_scheme
+from kvlab.cache.quantization import make_scheme, supports_float8
 from kvlab.cache.quantized import QuantizedPool
 from kvlab.kernels import decode_bytes, paged_decode_attention, paged_decode_reference
 from kvlab.kernels.quant_decode import quant_decode_attention, quant_decode_bytes, quant_decode_reference
@@ -36,17 +36,7 @@ def quantized_pool(scheme, k: torch.Tensor, v: torch.Tensor) -> QuantizedPool:
     references (CPU) into a QuantizedPool."""
     num_blocks, block_size, heads, dim = k.shape
     device = k.device
-    per_token = (num_blocks, block_size, heads, scheme.num_groups)
-    key_scale = (num_blocks, heads, dim) if scheme.keys_per_channel else per_token
-
-    def empty(shape, dtype):
-        return torch.zeros(shape, dtype=dtype, device=device)
-
-    pool = QuantizedPool(empty((num_blocks, block_size, heads, scheme.code_bytes), scheme.code_dtype),
-                         empty(key_scale, torch.float16), None if scheme.symmetric else empty(key_scale, torch.float16),
-                         empty((num_blocks, block_size, heads, scheme.code_bytes), scheme.code_dtype),
-                         empty(per_token, torch.float16), None if scheme.symmetric else empty(per_token, torch.float16),
-                         None, None)
+    pool = QuantizedPool.zeros(scheme, num_blocks, block_size, heads, device)
     slots = torch.arange(num_blocks * block_size, device=device)
     flat_k, flat_v = k.reshape(-1, heads, dim), v.reshape(-1, heads, dim)
     if device.type == "cuda":
@@ -74,7 +64,7 @@ def run(device: torch.device, schemes=("int8", "fp8", "int4", "kivi2"), batches=
     hq, hkv, dim = shapes["num_q_heads"], shapes["num_kv_heads"], shapes["head_dim"]
     timer = device_timer(device)
     copy = measure_copy_bandwidth(device)
-    usable = [s for s in schemes if s != "fp8" or make_scheme_ok(s, dim, device)]
+    usable = [s for s in schemes if s != "fp8" or supports_float8(device)]
     rows = []
     cases = [(b, c) for b in batches for c in contexts]
     for batch, context in with_progress(cases, progress, "quantized decode benchmark", "case"):
@@ -114,14 +104,6 @@ def run(device: torch.device, schemes=("int8", "fp8", "int4", "kivi2"), batches=
             "shapes": shapes, "block_size": block_size, "copy_gb_s": copy.gb_per_s,
             "path": "triton compiled" if gpu else "torch reference paths (CPU: these times say nothing about the kernels)",
             "targets": TARGETS if gpu else {}, "rows": rows}
-
-
-def make_scheme_ok(name: str, head_dim: int, device: torch.device) -> bool:
-    try:
-        make_scheme(name, head_dim, device=device)
-        return True
-    except ValueError:
-        return False
 
 
 def _row(scheme, group, batch, context, moved, seconds, base_s, copy_gb_s) -> dict:

@@ -39,6 +39,27 @@ class QuantizedPool:
     recent_k: torch.Tensor | None
     recent_v: torch.Tensor | None
 
+    @classmethod
+    def zeros(cls, scheme: QuantScheme, num_blocks: int, block_size: int, num_kv_heads: int, device,
+              recent_slots: int = 0, recent_dtype: torch.dtype = torch.float32) -> QuantizedPool:
+        """An empty pool for `scheme`; kivi2 also gets `recent_slots` full-precision recent blocks."""
+        codes = (num_blocks, block_size, num_kv_heads, scheme.code_bytes)
+        per_token = (num_blocks, block_size, num_kv_heads, scheme.num_groups)
+        key_scale = (num_blocks, num_kv_heads, scheme.head_dim) if scheme.keys_per_channel else per_token
+        recent = (recent_slots, block_size, num_kv_heads, scheme.head_dim)
+
+        def zeros(shape, dtype):
+            return torch.zeros(shape, device=device, dtype=dtype)
+
+        return cls(
+            k_codes=zeros(codes, scheme.code_dtype), k_scale=zeros(key_scale, SCALE_DTYPE),
+            k_min=None if scheme.symmetric else zeros(key_scale, SCALE_DTYPE),
+            v_codes=zeros(codes, scheme.code_dtype), v_scale=zeros(per_token, SCALE_DTYPE),
+            v_min=None if scheme.symmetric else zeros(per_token, SCALE_DTYPE),
+            recent_k=zeros(recent, recent_dtype) if scheme.keeps_recent else None,
+            recent_v=zeros(recent, recent_dtype) if scheme.keeps_recent else None,
+        )
+
     def block_tensors(self) -> list[torch.Tensor]:
         """The tensors indexed by physical block id first."""
         return [getattr(self, f.name) for f in fields(self)
@@ -81,27 +102,10 @@ class QuantizedPagedCache(PagedCache):
         self._staged: tuple[torch.Tensor, torch.Tensor] | None = None  # kivi2: this layer's staging K, V [S, Hkv, D]
 
     def _allocate_pools(self, num_blocks: int, block_size: int) -> None:
-        s, cfg = self.scheme, self.config
-        heads, dim = cfg.num_kv_heads, cfg.head_dim
-        codes = (num_blocks, block_size, heads, s.code_bytes)
-        per_token = (num_blocks, block_size, heads, s.num_groups)
-
-        def zeros(shape, dtype):
-            return torch.zeros(shape, device=self.device, dtype=dtype)
-
-        def layer() -> QuantizedPool:
-            key_scale = (num_blocks, heads, dim) if s.keys_per_channel else per_token
-            recent = (self.max_seqs, block_size, heads, dim)
-            return QuantizedPool(
-                k_codes=zeros(codes, s.code_dtype), k_scale=zeros(key_scale, SCALE_DTYPE),
-                k_min=None if s.symmetric else zeros(key_scale, SCALE_DTYPE),
-                v_codes=zeros(codes, s.code_dtype), v_scale=zeros(per_token, SCALE_DTYPE),
-                v_min=None if s.symmetric else zeros(per_token, SCALE_DTYPE),
-                recent_k=zeros(recent, self.dtype) if s.keeps_recent else None,
-                recent_v=zeros(recent, self.dtype) if s.keeps_recent else None,
-            )
-
-        self.pools = [layer() for _ in range(cfg.num_layers)]
+        cfg = self.config
+        self.pools = [QuantizedPool.zeros(self.scheme, num_blocks, block_size, cfg.num_kv_heads, self.device,
+                                          recent_slots=self.max_seqs, recent_dtype=self.dtype)
+                      for _ in range(cfg.num_layers)]
         self.k_pools = self.v_pools = None  # no full-precision pool here
 
     # --- sequences ---------------------------------------------------------------------------------
