@@ -10,6 +10,9 @@ interpreter (each kernel is decorated twice, compiled and interpreted, and picks
     quantize_store           quantize K/V per token into codes + fp16 scales (int8/fp8/int4/kivi2 values)
     quantize_key_blocks      kivi2 keys: per channel over a full block                    quant_store.py
     quant_decode_attention   paged decode over a quantized pool, dequantized in registers quant_decode.py
+
+One C++ kernel for the CPU, compiled on first use (torch.utils.cpp_extension), imported on its own:
+    cpu_gemv                 decode's x @ Wᵀ streamed at memory bandwidth                 cpu_gemv.py/.cpp
 """
 import os
 

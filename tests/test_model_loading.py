@@ -15,13 +15,13 @@ def test_config_read_from_the_gguf_file_is_smollm2_135m(model):
     assert (cfg.num_layers, cfg.hidden_size, cfg.ffn_size) == (30, 576, 1536)
     assert (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.group_size) == (9, 3, 64, 3)
     assert (cfg.vocab_size, cfg.context_len, cfg.rope_base) == (49152, 8192, 100000.0)
-    assert cfg.tied_embeddings and model.lm_head is model.embed
+    assert cfg.tied_embeddings and model.lm_head.weight is model.embed
     assert (cfg.bos_token_id, cfg.eos_token_id) == (1, 2)
 
 
 def test_cpu_model_is_float32_and_has_135m_parameters(model):
     assert model.dtype == torch.float32 and model.device.type == "cpu"
-    params = model.embed.numel() + model.final_norm.numel() + sum(
+    params = model.embed.numel() + model.final_norm.numel() + sum(  # the tied lm_head is the embedding
         t.numel() for layer in model.layers for t in vars(layer).values())
     assert 134_000_000 < params < 135_000_000
 
@@ -47,7 +47,8 @@ def test_cached_weights_load_equal_to_a_cold_load_from_gguf(tmp_path, monkeypatc
     warm, warm_tokenizer = load_model(device="cpu")
     assert warm.load_source == "cache"
     assert warm.config == cold.config == model.config
-    for a, b in [(warm.embed, cold.embed), (warm.layers[7].wqkv, cold.layers[7].wqkv), (warm.layers[29].w_down, cold.layers[29].w_down)]:
+    for a, b in [(warm.embed, cold.embed), (warm.layers[7].wqkv.weight, cold.layers[7].wqkv.weight),
+                 (warm.layers[29].w_down.weight, cold.layers[29].w_down.weight)]:
         assert torch.equal(a, b)
     assert warm_tokenizer.encode("Hello, KV cache!") == kvlab.load_model(device="cpu", use_cache=False)[1].encode("Hello, KV cache!")
 

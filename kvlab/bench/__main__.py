@@ -1,10 +1,16 @@
 """python -m kvlab.bench COMMAND — the lab's benchmarks from the command line.
 
   decode      paged decode attention: GB/s vs measured copy bandwidth, vs torch SDPA (JSON → benchmarks/results/)
-  versus-hf   kvlab batch-1 decode tokens/s vs HF transformers generate (CPU)
+  versus-hf   kvlab batch-1 decode tokens/s vs HF transformers generate (CPU), identical tokens, fraction of the
+              bandwidth bound (JSON → benchmarks/results/)
   load        cold (GGUF) and warm (cached) model load times
   copy        measured copy bandwidth of the device
+  gemv        one decode step's matrix-vector products on the real weights: F.linear vs kvlab's CPU kernel
   roofs       the device's roofs: copy bandwidth and matmul FLOP/s in the working dtype, and the ridge point
+  roofline    the real model's prefill and decode steps and decode attention on the roofline; GB/s vs context
+              and batch; TTFT and tokens/s vs batch (JSON → benchmarks/results/; notebook 06 shows it)
+  gqa         MHA / GQA / MQA and SmolLM2's 9:3: the same decode attention, KV bytes and time side by side
+              (JSON → benchmarks/results/; notebook 07 shows it)
   prefix      prefix caching: TTFT cold vs warm, hit rate, memory shared, token-exactness (JSON → benchmarks/results/)
   quant       quantized KV cache: decode-kernel time, bytes and GB/s per scheme vs bf16; perplexity, greedy
               agreement and memory per token on the real model (JSON → benchmarks/results/)
@@ -23,18 +29,21 @@ import torch
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m kvlab.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["decode", "versus-hf", "load", "copy", "roofs", "prefix", "quant"])
+    parser.add_argument("command", choices=["decode", "versus-hf", "load", "copy", "gemv", "roofs", "roofline", "gqa", "prefix", "quant"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--tokens", type=int, help="new tokens per generation (default: versus-hf 64, prefix 16)")
     parser.add_argument("--requests", type=int, default=16, help="prefix: chatbot requests (2 to 20)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--prompt", default="The history of the printing press")
-    parser.add_argument("--batches", type=int, nargs="+", help="decode: batch sizes (default by device)")
-    parser.add_argument("--contexts", type=int, nargs="+", help="decode: context lengths (default by device)")
+    parser.add_argument("--batches", type=int, nargs="+", help="decode, roofline: batch sizes (default by device)")
+    parser.add_argument("--contexts", type=int, nargs="+", help="decode, roofline: context lengths (default by device)")
+    parser.add_argument("--prompt-len", type=int, help="roofline: prefill length (default: 128 CPU, 1024 GPU)")
+    parser.add_argument("--context", type=int, help="gqa: context length (default: 2048 CPU, 16384 GPU)")
+    parser.add_argument("--batch", type=int, help="gqa: batch size (default: 4 CPU, 8 GPU)")
     parser.add_argument("--block-size", type=int, default=16, help="decode, prefix: tokens per KV block")
     parser.add_argument("--windows", type=int, default=8, help="quant: perplexity windows of 256 tokens")
     parser.add_argument("--skip-accuracy", action="store_true", help="quant: kernel timings only")
-    parser.add_argument("--no-save", action="store_true", help="decode, prefix: print only, write no JSON")
+    parser.add_argument("--no-save", action="store_true", help="decode, prefix, quant, versus-hf, roofline, gqa: print only, write no JSON")
     args = parser.parse_args(argv)
 
     import kvlab
@@ -79,6 +88,30 @@ def main(argv: list[str] | None = None) -> None:
         if not args.no_save:
             print("saved", save_result("quant", report))
         return
+    if args.command in ("roofline", "gqa"):
+        from . import gqa, roofline
+        from .results import save_result
+
+        device = torch.device(args.device)
+        gpu = device.type == "cuda"
+        if args.command == "gqa":
+            report = gqa.run(device, batch=args.batch, context=args.context, block_size=args.block_size)
+            gqa.print_gqa(report)
+        else:
+            model, tokenizer = kvlab.load_model(device=args.device)
+            report = roofline.run(model, tokenizer, args.batches or ([1, 4, 16, 64] if gpu else [1, 2, 4, 8]),
+                                  args.contexts or ([1024, 4096, 16384] if gpu else [128, 512, 2048]),
+                                  args.prompt_len or (1024 if gpu else 128), progress=True)
+            roofline.print_roofline(report)
+        if not args.no_save:
+            print("saved", save_result(args.command, report))
+        return
+    if args.command == "gemv":
+        from . import gemv
+
+        model, _ = kvlab.load_model(device=args.device)
+        gemv.print_gemv(gemv.run(model, repeats=max(args.runs, 3)))
+        return
     report: dict = {"device": device_label(args.device), "date": time.strftime("%Y-%m-%d")}
     if args.command == "copy":
         bw = measure_copy_bandwidth(args.device)
@@ -98,13 +131,20 @@ def main(argv: list[str] | None = None) -> None:
             warm, _ = kvlab.load_model(device=args.device)
         report.update(cold_load_s=cold.load_seconds, warm_load_s=warm.load_seconds)
     else:
-        from .versus_hf import compare_with_hf
+        from .results import save_result
+        from .versus_hf import compare_with_hf, print_comparison
 
         if args.device != "cpu":
             parser.error("versus-hf compares float32 on the CPU")
         model, tokenizer = kvlab.load_model(device="cpu")
         report.update(compare_with_hf(model, tokenizer, args.prompt, 64 if args.tokens is None else args.tokens,
                                       args.runs))
+        print_comparison(report)
+        if not args.no_save:
+            print("saved", save_result("versus_hf", report))
+        if not report["tokens_identical"]:
+            raise SystemExit("versus-hf FAILED: kvlab's tokens differ from HF's (see above)")
+        return
     print(json.dumps(report, indent=2))
 
 

@@ -13,11 +13,12 @@ and `q_lens[b]` of them real. A layout that cannot do something raises a clear e
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from ..model.config import LlamaConfig
+from .attention import causal_mask
 
 
 @dataclass
@@ -28,6 +29,13 @@ class Step:
     kv_lens: torch.Tensor  # [B] int64, tokens each sequence attends over once this step is written
     valid: torch.Tensor  # [B, T] bool, True for real (not padding) tokens
     new_token_ids: list[list[int]] | None = None  # the new tokens' ids per sequence, when the engine gives them
+    _masks: dict = field(default_factory=dict, repr=False)  # span → causal_mask, built once per step, not per layer
+
+    def attention_mask(self, span: int) -> torch.Tensor | None:
+        """causal_mask for `span` gathered key positions (None when every query sees them all)."""
+        if span not in self._masks:
+            self._masks[span] = causal_mask(self.positions, self.kv_lens, span)
+        return self._masks[span]
 
     @property
     def batch(self) -> int:

@@ -8,7 +8,7 @@ from collections import deque
 
 import torch
 
-from .attention import attend_reference
+from .attention import attend_masked
 from .base import KVCache, Step
 
 
@@ -32,6 +32,7 @@ class ContiguousCache(KVCache):
         self._write_rows: torch.Tensor | None = None  # [N] slab row of each real (not padding) new token
         self._write_cols: torch.Tensor | None = None  # [N] its position
         self._span = 0  # positions attention reads: the longest sequence after this step
+        self._single: tuple[int, int, int] | None = None  # a one-sequence step: (row, first new position, count)
 
     def _reserve(self, seq_id: int, max_tokens: int) -> None:
         if max_tokens > self.max_len:
@@ -47,21 +48,35 @@ class ContiguousCache(KVCache):
         too_long = [(s, int(n)) for s, n in zip(step.seq_ids, step.kv_lens.tolist()) if n > self.max_len]
         if too_long:
             raise ValueError(f"sequence {too_long[0][0]} would hold {too_long[0][1]} tokens, over max_len={self.max_len}")
-        self._rows = torch.tensor([self.row_of[s] for s in step.seq_ids], device=self.device)
+        rows = [self.row_of[s] for s in step.seq_ids]
+        self._span = int(step.kv_lens.max())
+        if len(rows) == 1:  # one sequence: plain slices, no index tensors (batch-1 decode is this path)
+            self._single = (rows[0], self.lengths[step.seq_ids[0]], step.new_len)  # row, first new position, count
+            return
+        self._single = None
+        self._rows = torch.tensor(rows, device=self.device)
         self._write_rows = self._rows[:, None].expand_as(step.positions)[step.valid]
         self._write_cols = step.positions[step.valid]
-        self._span = int(step.kv_lens.max())
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        if self._single is not None:
+            row, start, count = self._single
+            self.k[layer][row, start: start + count] = k[0]
+            self.v[layer][row, start: start + count] = v[0]
+            return
         valid = self.current_step.valid
         self.k[layer][self._write_rows, self._write_cols] = k[valid]
         self.v[layer][self._write_rows, self._write_cols] = v[valid]
 
     def attend(self, layer: int, q: torch.Tensor) -> torch.Tensor:
-        step = self.current_step
-        k = self.k[layer][self._rows, : self._span]  # [B, span, Hkv, D]
-        v = self.v[layer][self._rows, : self._span]
-        return attend_reference(q, k, v, step.positions, step.kv_lens)
+        if self._single is not None:
+            row = self._single[0]
+            k = self.k[layer][row: row + 1, : self._span]  # [1, span, Hkv, D], a view
+            v = self.v[layer][row: row + 1, : self._span]
+        else:
+            k = self.k[layer][self._rows, : self._span]  # [B, span, Hkv, D]
+            v = self.v[layer][self._rows, : self._span]
+        return attend_masked(q, k, v, self.current_step.attention_mask(self._span))
 
     def reserved_bytes(self) -> int:
         return 2 * sum(t.numel() * t.element_size() for t in self.k)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .attention import attend_reference
+from .attention import attend_masked
 from .base import KVCache, Step
 
 
@@ -24,7 +24,7 @@ class NoCache(KVCache):
     def attend(self, layer: int, q: torch.Tensor) -> torch.Tensor:
         step = self.current_step
         k, v = self._step_kv[layer]
-        return attend_reference(q, k, v, step.positions, step.kv_lens)
+        return attend_masked(q, k, v, step.attention_mask(k.shape[1]))
 
     def _prepare(self, step: Step) -> None:
         assert all(self.lengths[s] == 0 for s in step.seq_ids)

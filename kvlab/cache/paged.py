@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from .attention import attend_reference
+from .attention import attend_masked
 from .base import KVCache, Step
 from .block_allocator import BlockAllocator, blocks_for
 
@@ -149,7 +149,7 @@ class PagedCache(KVCache):
             return paged_prefill_attention(q, self.k_pools[layer], self.v_pools[layer], self._table, self._kv_lens,
                                            self._q_lens, check=False)  # [B, T, Hq, D]
         k, v = self.gather(layer)
-        return attend_reference(q, k, v, step.positions, step.kv_lens)
+        return attend_masked(q, k, v, step.attention_mask(k.shape[1]))
 
     def gather(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Each sequence's K and V in logical order: two [B, max_blocks · block_size, kv_heads, head_dim]."""

@@ -14,19 +14,23 @@ import torch
 import torch.nn.functional as F
 
 from .config import LlamaConfig
+from .projection import Projection
 
 
 @dataclass
 class LayerWeights:
     attn_norm: torch.Tensor  # [hidden]
-    wqkv: torch.Tensor  # [(num_heads + 2 * num_kv_heads) * head_dim, hidden]  Q, K, V fused
-    wo: torch.Tensor  # [hidden, num_heads * head_dim]
+    wqkv: Projection  # [(num_heads + 2 * num_kv_heads) * head_dim, hidden]  Q, K, V fused
+    wo: Projection  # [hidden, num_heads * head_dim]
     ffn_norm: torch.Tensor  # [hidden]
-    w_gate_up: torch.Tensor  # [2 * ffn, hidden]  gate and up fused
-    w_down: torch.Tensor  # [hidden, ffn]
+    w_gate_up: Projection  # [2 * ffn, hidden]  gate and up fused
+    w_down: Projection  # [hidden, ffn]
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """weight · x / sqrt(mean(x²) + eps), computed in float32 (one fused op when x is float32)."""
+    if x.dtype == torch.float32:
+        return F.rms_norm(x, weight.shape, weight, eps)
     x32 = x.float()
     normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
     return weight * normed.to(x.dtype)
@@ -50,12 +54,12 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 class LlamaModel:
     def __init__(self, config: LlamaConfig, embed: torch.Tensor, layers: list[LayerWeights],
-                 final_norm: torch.Tensor, lm_head: torch.Tensor):
+                 final_norm: torch.Tensor, lm_head: Projection):
         self.config = config
         self.embed = embed  # [vocab, hidden]
         self.layers = layers
         self.final_norm = final_norm  # [hidden]
-        self.lm_head = lm_head  # [vocab, hidden] (the embedding itself when tied)
+        self.lm_head = lm_head  # [vocab, hidden] (a copy of the embedding in the projection layout when tied)
         self.cos, self.sin = rope_tables(config, embed.device)
 
     @property
@@ -67,11 +71,10 @@ class LlamaModel:
         return self.embed.dtype
 
     def weight_bytes(self) -> int:
-        """Bytes of weights one forward pass reads (tied embedding counted once: the lm_head read)."""
-        tensors = [self.final_norm, self.lm_head]
-        for layer in self.layers:
-            tensors += [layer.attn_norm, layer.wqkv, layer.wo, layer.ffn_norm, layer.w_gate_up, layer.w_down]
-        return sum(t.numel() * t.element_size() for t in tensors)
+        """Bytes of weights one forward pass reads (the embedding row lookup aside: the lm_head read)."""
+        norms = [self.final_norm] + [n for layer in self.layers for n in (layer.attn_norm, layer.ffn_norm)]
+        projections = [self.lm_head] + [p for layer in self.layers for p in (layer.wqkv, layer.wo, layer.w_gate_up, layer.w_down)]
+        return sum(n.numel() * n.element_size() for n in norms) + sum(p.nbytes_read() for p in projections)
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, cache, last_index: torch.Tensor | None = None,
@@ -94,21 +97,20 @@ class LlamaModel:
         x = F.embedding(input_ids, self.embed)  # [B, T, hidden]
         for index, layer in enumerate(self.layers):
             h = rms_norm(x, layer.attn_norm, cfg.rms_eps)
-            qkv = F.linear(h, layer.wqkv)  # [B, T, q_size + 2 * kv_size]
-            q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
-            q = apply_rope(q.view(batch, new_len, cfg.num_heads, cfg.head_dim), cos, sin)  # [B, T, Hq, D]
-            k = apply_rope(k.view(batch, new_len, cfg.num_kv_heads, cfg.head_dim), cos, sin)  # [B, T, Hkv, D]
-            v = v.view(batch, new_len, cfg.num_kv_heads, cfg.head_dim)  # [B, T, Hkv, D]
+            qkv = layer.wqkv(h)  # [B, T, q_size + 2 * kv_size]
+            qk = qkv[..., : q_size + kv_size].view(batch, new_len, cfg.num_heads + cfg.num_kv_heads, cfg.head_dim)
+            q, k = apply_rope(qk, cos, sin).split([cfg.num_heads, cfg.num_kv_heads], dim=2)  # [B, T, Hq|Hkv, D]
+            v = qkv[..., q_size + kv_size:].view(batch, new_len, cfg.num_kv_heads, cfg.head_dim)  # [B, T, Hkv, D]
             cache.write(index, k, v)
             attn = cache.attend(index, q)  # [B, T, Hq, D]
-            x = x + F.linear(attn.reshape(batch, new_len, q_size), layer.wo)
+            x = x + layer.wo(attn.reshape(batch, new_len, q_size))
             h = rms_norm(x, layer.ffn_norm, cfg.rms_eps)
-            gate, up = F.linear(h, layer.w_gate_up).chunk(2, dim=-1)  # [B, T, ffn] each
-            x = x + F.linear(F.silu(gate) * up, layer.w_down)
+            gate, up = layer.w_gate_up(h).chunk(2, dim=-1)  # [B, T, ffn] each
+            x = x + layer.w_down(F.silu(gate) * up)
 
         if all_positions:
-            return F.linear(rms_norm(x, self.final_norm, cfg.rms_eps), self.lm_head).float()  # [B, T, vocab]
+            return self.lm_head(rms_norm(x, self.final_norm, cfg.rms_eps)).float()  # [B, T, vocab]
         if last_index is None:
             last_index = step.q_lens - 1
         x_last = x[torch.arange(batch, device=x.device), last_index]  # [B, hidden]
-        return F.linear(rms_norm(x_last, self.final_norm, cfg.rms_eps), self.lm_head).float()  # [B, vocab]
+        return self.lm_head(rms_norm(x_last, self.final_norm, cfg.rms_eps)).float()  # [B, vocab]

@@ -19,6 +19,7 @@ import torch
 from . import gguf_file
 from .config import LlamaConfig
 from .llama import LayerWeights, LlamaModel
+from .projection import Projection
 from .tokenizer import Tokenizer
 
 CACHE_FORMAT = 1
@@ -87,10 +88,13 @@ def _build(config: LlamaConfig, weights: dict[str, torch.Tensor], device, dtype)
     def w(name: str) -> torch.Tensor:
         return weights[name].to(device=device, dtype=dtype)
 
-    layers = [LayerWeights(*(w(f"{i}.{part}") for part in ("attn_norm", "wqkv", "wo", "ffn_norm", "w_gate_up", "w_down")))
-              for i in range(config.num_layers)]
+    def p(name: str) -> Projection:
+        return Projection(w(name))
+
+    layers = [LayerWeights(w(f"{i}.attn_norm"), p(f"{i}.wqkv"), p(f"{i}.wo"), w(f"{i}.ffn_norm"), p(f"{i}.w_gate_up"),
+                           p(f"{i}.w_down")) for i in range(config.num_layers)]
     embed = w("embed")
-    lm_head = embed if config.tied_embeddings else w("lm_head")
+    lm_head = Projection(embed) if config.tied_embeddings else p("lm_head")
     return LlamaModel(config, embed, layers, w("final_norm"), lm_head)
 
 

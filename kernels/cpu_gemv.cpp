@@ -1,0 +1,58 @@
+// y = x @ Wᵀ for a few rows of x: batch-1 (or small-batch) decode's matrix-vector product on a CPU.
+//
+// x [M, K] float32, W [N, K] float32 row-major, both contiguous → y [M, N] float32.
+// Bytes: reads N·K·4 (every weight once, whatever M is) + M·K·4, writes M·N·4. FLOP: 2·M·N·K.
+//
+// Each thread takes a contiguous range of weight rows and streams them front to back: the one access
+// pattern the hardware prefetcher follows at full memory bandwidth. Per row, 16 independent partial sums
+// (one AVX-512 register, or two AVX2 ones, when the compiler vectorises the j loop) hide the add latency;
+// they are summed in a fixed order, so a result does not depend on the thread count.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+
+namespace {
+
+constexpr int64_t kLanes = 16;
+constexpr int64_t kRowsPerTask = 4;  // weight rows a task keeps in L1 while every x row passes over them
+
+inline float dot_row(const float* __restrict w, const float* __restrict x, int64_t K) {
+  float partial[kLanes] = {};
+  int64_t k = 0;
+  for (; k + kLanes <= K; k += kLanes) {
+#pragma omp simd
+    for (int64_t j = 0; j < kLanes; ++j) partial[j] += w[k + j] * x[k + j];
+  }
+  float tail = 0.f;
+  for (; k < K; ++k) tail += w[k] * x[k];
+  float sum = 0.f;
+  for (int64_t j = 0; j < kLanes; ++j) sum += partial[j];
+  return sum + tail;
+}
+
+}  // namespace
+
+torch::Tensor gemv(const torch::Tensor& x, const torch::Tensor& w) {
+  TORCH_CHECK(x.dim() == 2 && w.dim() == 2, "gemv: x must be [M, K] and w [N, K], got ", x.sizes(), " and ", w.sizes());
+  TORCH_CHECK(x.size(1) == w.size(1), "gemv: x has K=", x.size(1), " but w has K=", w.size(1));
+  TORCH_CHECK(x.scalar_type() == torch::kFloat && w.scalar_type() == torch::kFloat, "gemv: float32 only");
+  TORCH_CHECK(x.device().is_cpu() && w.device().is_cpu(), "gemv: CPU tensors only");
+  TORCH_CHECK(x.is_contiguous() && w.is_contiguous(), "gemv: x and w must be contiguous");
+  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
+  auto y = torch::empty({M, N}, x.options());
+  const float* xp = x.data_ptr<float>();
+  const float* wp = w.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  const int64_t tasks = (N + kRowsPerTask - 1) / kRowsPerTask;
+  at::parallel_for(0, tasks, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n0 = task * kRowsPerTask, n1 = std::min(N, n0 + kRowsPerTask);
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t n = n0; n < n1; ++n) yp[m * N + n] = dot_row(wp + n * K, xp + m * K, K);
+    }
+  });
+  return y;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("gemv", &gemv, "y = x @ w.T: x [M, K], w [N, K], float32 on the CPU"); }

@@ -1,0 +1,86 @@
+"""The roofline lab: pick a batch, a context and a prompt length, press measure, and see where the real model's
+prefill step, its decode step and decode attention alone land under this device's measured roofs.
+
+Every press measures three new points (kvlab.bench.roofline) and adds them to the plot; earlier presses stay,
+so a sweep builds up point by point. The widget reads measurements; it computes no time itself.
+"""
+from __future__ import annotations
+
+import html
+
+import ipywidgets as widgets
+import plotly.graph_objects as go
+
+from kvlab.bench.roofline import measure_attention, measure_decode, measure_prefill
+
+from .roofline_figures import roofline_figure
+
+ERROR_COLOUR = "#b00020"
+
+
+def describe(point, roofs) -> str:
+    bound = roofs.attainable_flops_per_s(point.intensity)
+    side = "bandwidth-bound side" if point.intensity < roofs.ridge_flop_per_byte else "compute-bound side"
+    return (f"<b>{html.escape(point.label)}</b>: {point.seconds * 1e3:.2f} ms, {point.intensity:.2f} FLOP/byte "
+            f"({side}), {point.flops_per_s / 1e9:.1f} GFLOP/s = {point.flops_per_s / bound:.0%} of the roofline there, "
+            f"{point.gb_per_s:.1f} GB/s")
+
+
+class RooflineLab:
+    def __init__(self, model, roofs, batches=(1, 2, 4, 8, 16), contexts=(64, 256, 1024, 2048), prompt_lens=(16, 64, 256),
+                 batch: int = 1, context: int = 256, prompt_len: int = 64):
+        self.model, self.roofs = model, roofs
+        self.points: list = []
+        self.batch = widgets.SelectionSlider(options=list(batches), value=batch, description="batch")
+        self.context = widgets.SelectionSlider(options=list(contexts), value=context, description="context")
+        self.prompt_len = widgets.SelectionSlider(options=list(prompt_lens), value=prompt_len, description="prompt")
+        self.button = widgets.Button(description="measure", button_style="primary", icon="stopwatch")
+        self.clear = widgets.Button(description="clear points")
+        self.message = widgets.HTML()
+        self.figure = go.FigureWidget(roofline_figure(roofs, []))
+        self.button.on_click(lambda _: self._measure_safely())
+        self.clear.on_click(lambda _: self.reset())
+        controls = widgets.HBox([widgets.VBox([self.batch, self.context, self.prompt_len]),
+                                 widgets.VBox([self.button, self.clear])])
+        self.widget = widgets.VBox([controls, self.message, self.figure])
+
+    def measure(self) -> list:
+        """Measure prefill (batch × prompt), a decode step (batch, context) and decode attention alone (batch,
+        context); add them to the plot and return them. A bad choice raises before anything is added."""
+        batch, context, prompt_len = self.batch.value, self.context.value, self.prompt_len.value
+        self.message.value = f"measuring batch {batch}, context {context}, prompt {prompt_len}…"
+        new = [measure_prefill(self.model, batch, prompt_len), measure_decode(self.model, batch, context),
+               measure_attention(self.model, batch, context)]
+        self.points.extend(new)
+        self._redraw()
+        self.message.value = "<br>".join(describe(p, self.roofs) for p in new)
+        return new
+
+    def reset(self) -> None:
+        self.points.clear()
+        self._redraw()
+        self.message.value = "points cleared"
+
+    def _redraw(self) -> None:
+        fresh = roofline_figure(self.roofs, self.points)
+        with self.figure.batch_update():
+            self.figure.data = ()
+            self.figure.add_traces(list(fresh.data))
+            self.figure.layout = fresh.layout
+
+    def _measure_safely(self) -> None:
+        try:
+            self.measure()
+        except ValueError as error:
+            self.message.value = f"<span style='color:{ERROR_COLOUR}'>{html.escape(str(error))}</span>"
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+
+def roofline_lab(model, roofs, measure: bool = True, **options) -> RooflineLab:
+    """A RooflineLab, measured once at its first choices (measure=False: wait for the button)."""
+    lab = RooflineLab(model, roofs, **options)
+    if measure:
+        lab.measure()
+    return lab
