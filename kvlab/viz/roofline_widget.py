@@ -36,13 +36,13 @@ class RooflineLab:
         self.prompt_len = widgets.SelectionSlider(options=list(prompt_lens), value=prompt_len, description="prompt")
         self.button = widgets.Button(description="measure", button_style="primary", icon="stopwatch")
         self.clear = widgets.Button(description="clear points")
-        self.message = widgets.HTML()
+        self.message = widgets.HTML().add_class("kvlab-roofline-message")
         self.figure = go.FigureWidget(roofline_figure(roofs, []))
         self.button.on_click(lambda _: self._measure_safely())
         self.clear.on_click(lambda _: self.reset())
         controls = widgets.HBox([widgets.VBox([self.batch, self.context, self.prompt_len]),
                                  widgets.VBox([self.button, self.clear])])
-        self.widget = widgets.VBox([controls, self.message, self.figure])
+        self.widget = widgets.VBox([controls, self.message, self.figure]).add_class("kvlab-roofline-lab")
 
     def measure(self) -> list:
         """Measure prefill (batch × prompt), a decode step (batch, context) and decode attention alone (batch,
