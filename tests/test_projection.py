@@ -1,6 +1,8 @@
 """The CPU matrix-vector kernel and the Projection that uses it compute x @ Wᵀ like F.linear, for any shape."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,6 +11,12 @@ from kvlab.kernels.cpu_gemv import cpu_gemv, gemv_bytes, gemv_reference, load_ge
 from kvlab.model.projection import GEMV_MAX_ROWS, Projection
 
 needs_kernel = pytest.mark.skipif(load_gemv() is None, reason="the CPU kernel could not be built here")
+
+
+def test_the_kernel_builds_under_ci():
+    """Off CI a machine without a compiler falls back to F.linear (with a warning); CI must test the kernel."""
+    if os.environ.get("CI") and os.environ.get("KVLAB_CPU_GEMV", "1") != "0":
+        assert load_gemv() is not None, "kvlab's CPU matrix-vector kernel did not build (see the warning)"
 
 
 @needs_kernel

@@ -19,3 +19,10 @@ def save_result(kind: str, report: dict, folder: pathlib.Path = RESULTS) -> path
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n")
     return path
+
+
+def recorded_gpu_runs(kind: str, folder: str | pathlib.Path = RESULTS) -> list[dict]:
+    """The committed results of `kind` recorded on a GPU (not a CPU), oldest file name first — what a notebook's
+    "recorded on <device>, <date>" panel shows beside its live CPU numbers."""
+    reports = [json.loads(p.read_text()) for p in sorted(pathlib.Path(folder).glob(f"{kind}_*.json"))]
+    return [r for r in reports if not r["device"].startswith("CPU")]
