@@ -17,18 +17,25 @@ namespace {
 constexpr int64_t kLanes = 16;
 constexpr int64_t kRowsPerTask = 4;  // weight rows a task keeps in L1 while every x row passes over them
 
-inline float dot_row(const float* __restrict w, const float* __restrict x, int64_t K) {
-  float partial[kLanes] = {};
+// out[m] = w · x[m] for MB rows of x at once: each 16-number piece of the weight row is loaded once and
+// multiplied by all MB rows (kept in L1), so a small batch reads W no more often than batch 1 does.
+template <int MB>
+inline void dot_row(const float* __restrict w, const float* __restrict x, int64_t K, float* out, int64_t out_stride) {
+  float partial[MB][kLanes] = {};
   int64_t k = 0;
   for (; k + kLanes <= K; k += kLanes) {
+    for (int m = 0; m < MB; ++m) {
 #pragma omp simd
-    for (int64_t j = 0; j < kLanes; ++j) partial[j] += w[k + j] * x[k + j];
+      for (int64_t j = 0; j < kLanes; ++j) partial[m][j] += w[k + j] * x[m * K + k + j];
+    }
   }
-  float tail = 0.f;
-  for (; k < K; ++k) tail += w[k] * x[k];
-  float sum = 0.f;
-  for (int64_t j = 0; j < kLanes; ++j) sum += partial[j];
-  return sum + tail;
+  for (int m = 0; m < MB; ++m) {
+    float tail = 0.f;
+    for (int64_t t = k; t < K; ++t) tail += w[t] * x[m * K + t];
+    float sum = 0.f;
+    for (int64_t j = 0; j < kLanes; ++j) sum += partial[m][j];
+    out[m * out_stride] = sum + tail;
+  }
 }
 
 }  // namespace
@@ -48,8 +55,12 @@ torch::Tensor gemv(const torch::Tensor& x, const torch::Tensor& w) {
   at::parallel_for(0, tasks, 16, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n0 = task * kRowsPerTask, n1 = std::min(N, n0 + kRowsPerTask);
-      for (int64_t m = 0; m < M; ++m)
-        for (int64_t n = n0; n < n1; ++n) yp[m * N + n] = dot_row(wp + n * K, xp + m * K, K);
+      for (int64_t n = n0; n < n1; ++n) {
+        int64_t m = 0;
+        for (; m + 4 <= M; m += 4) dot_row<4>(wp + n * K, xp + m * K, K, yp + m * N + n, N);
+        for (; m + 2 <= M; m += 2) dot_row<2>(wp + n * K, xp + m * K, K, yp + m * N + n, N);
+        for (; m < M; ++m) dot_row<1>(wp + n * K, xp + m * K, K, yp + m * N + n, N);
+      }
     }
   });
   return y;

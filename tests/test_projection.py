@@ -21,7 +21,7 @@ def test_the_kernel_builds_under_ci():
 
 @needs_kernel
 @pytest.mark.parametrize("m, n, k", [(1, 1, 1), (1, 7, 5), (1, 960, 576), (3, 1023, 64), (16, 3, 200), (2, 5, 15),
-                                     (1, 4, 33), (4, 49, 1536)])
+                                     (1, 4, 33), (4, 49, 1536), (7, 33, 70)])  # rows in groups of 4, 2, 1
 def test_cpu_gemv_matches_the_reference_on_odd_shapes(m, n, k):
     gen = torch.Generator().manual_seed(m * 1000 + n + k)
     x, weight = torch.randn(m, k, generator=gen), torch.randn(n, k, generator=gen)

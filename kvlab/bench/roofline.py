@@ -107,7 +107,7 @@ def measure_prefill(model, batch: int, prompt_len: int, repeats: int = 3) -> Poi
 
     with torch.inference_mode():
         seconds = median_seconds(prefill, model.device, warmup=1, repeats=repeats)
-    return Point(f"prefill {prompt_len} tokens × {batch}", "prefill", batch, prompt_len, prompt_len,
+    return Point(f"prefill, batch {batch}, {prompt_len} tokens", "prefill", batch, prompt_len, prompt_len,
                  step_flops(model, batch, 0, prompt_len), step_bytes(model, cache, batch, 0, prompt_len), seconds)
 
 

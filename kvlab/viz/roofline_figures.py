@@ -4,8 +4,14 @@ latency–throughput trade-off. They draw measured points (kvlab.bench.roofline)
 """
 from __future__ import annotations
 
+import math
+
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
+
+def duration(seconds: float) -> str:
+    return f"{seconds * 1e3:.2f} ms" if seconds >= 1e-3 else f"{seconds * 1e6:.0f} µs"
+
 
 KIND_STYLE = {"prefill": ("#d62728", "square"), "decode": ("#1f77b4", "circle"), "attention": ("#2ca02c", "diamond")}
 
@@ -21,9 +27,8 @@ def roofline_figure(roofs, points: list, title: str = "") -> go.Figure:
     fig.add_trace(go.Scatter(x=[low, roofs.ridge_flop_per_byte, high], y=[low * bandwidth, peak, peak], mode="lines",
                              line=dict(color="black"), name="roofline (measured)",
                              hovertemplate="attainable %{y:.3s}FLOP/s at %{x:.3g} FLOP/byte<extra></extra>"))
-    fig.add_annotation(x=0, y=0, xref="x domain", yref="y domain", xanchor="left", yanchor="bottom", showarrow=False,
-                       text=f"copy {roofs.copy.gb_per_s:.1f} GB/s · {roofs.matmul.dtype} matmul "
-                            f"{peak / 1e12:.3g} TFLOP/s · ridge {roofs.ridge_flop_per_byte:.1f} FLOP/byte")
+    measured_roofs = (f"copy {roofs.copy.gb_per_s:.1f} GB/s · {roofs.matmul.dtype} matmul {peak / 1e12:.3g} TFLOP/s · "
+                      f"ridge {roofs.ridge_flop_per_byte:.1f} FLOP/byte")
     for kind, (colour, symbol) in KIND_STYLE.items():
         chosen = [p for p in points if p.kind == kind]
         if not chosen:
@@ -31,13 +36,16 @@ def roofline_figure(roofs, points: list, title: str = "") -> go.Figure:
         fig.add_trace(go.Scatter(
             x=[p.intensity for p in chosen], y=[p.flops_per_s for p in chosen], mode="markers", name=kind,
             marker=dict(color=colour, symbol=symbol, size=11, line=dict(color="white", width=1)),
-            text=[f"{p.label}<br>{p.seconds * 1e3:.2f} ms · {p.gb_per_s:.1f} GB/s · {p.flops_per_s / 1e9:.1f} GFLOP/s"
+            text=[f"{p.label}<br>{duration(p.seconds)} · {p.gb_per_s:.1f} GB/s · {p.flops_per_s / 1e9:.1f} GFLOP/s"
                   for p in chosen],
             hovertemplate="%{text}<br>%{x:.3g} FLOP/byte<extra></extra>"))
-    fig.update_xaxes(type="log", title="arithmetic intensity (FLOP per byte moved)")
-    fig.update_yaxes(type="log", title="achieved FLOP/s")
-    fig.update_layout(title=title or "Roofline: measured steps under the measured roofs", height=460,
-                      margin=dict(t=60, l=60, r=20, b=50))
+    fig.update_xaxes(type="log", dtick=1, title="arithmetic intensity (FLOP per byte moved)")
+    fig.update_yaxes(type="log", dtick=1, exponentformat="SI", title="achieved FLOP/s (G = 10⁹, T = 10¹²)")
+    lowest = min([low * bandwidth] + [p.flops_per_s for p in points])
+    highest = max([peak] + [p.flops_per_s for p in points])
+    fig.update_yaxes(range=[math.log10(lowest) - 0.3, math.log10(highest) + 0.3])  # every point and the whole roof
+    heading = title or "Roofline: measured steps under the measured roofs"
+    fig.update_layout(title=f"{heading}<br><sup>{measured_roofs}</sup>", height=480, margin=dict(t=80, l=70, r=20, b=50))
     return fig
 
 

@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 
 from kvlab.bench.roofline import measure_attention, measure_decode, measure_prefill
 
-from .roofline_figures import roofline_figure
+from .roofline_figures import duration, roofline_figure
 
 ERROR_COLOUR = "#b00020"
 
@@ -21,7 +21,7 @@ ERROR_COLOUR = "#b00020"
 def describe(point, roofs) -> str:
     bound = roofs.attainable_flops_per_s(point.intensity)
     side = "bandwidth-bound side" if point.intensity < roofs.ridge_flop_per_byte else "compute-bound side"
-    return (f"<b>{html.escape(point.label)}</b>: {point.seconds * 1e3:.2f} ms, {point.intensity:.2f} FLOP/byte "
+    return (f"<b>{html.escape(point.label)}</b>: {duration(point.seconds)}, {point.intensity:.2f} FLOP/byte "
             f"({side}), {point.flops_per_s / 1e9:.1f} GFLOP/s = {point.flops_per_s / bound:.0%} of the roofline there, "
             f"{point.gb_per_s:.1f} GB/s")
 
@@ -38,6 +38,7 @@ class RooflineLab:
         self.clear = widgets.Button(description="clear points")
         self.message = widgets.HTML().add_class("kvlab-roofline-message")
         self.figure = go.FigureWidget(roofline_figure(roofs, []))
+        self.figure.layout.width = None  # as wide as the lab (the default is 700 px)
         self.button.on_click(lambda _: self._measure_safely())
         self.clear.on_click(lambda _: self.reset())
         controls = widgets.HBox([widgets.VBox([self.batch, self.context, self.prompt_len]),

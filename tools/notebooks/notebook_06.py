@@ -32,15 +32,13 @@ HF_TOKENS = 32  # tokens per generation in that comparison
 """, tags=["parameters"]),
     code("""
 # NBVAL_IGNORE_OUTPUT
-import glob
-import json
-
 import torch
 from IPython.display import display
 
 import kvlab
 from kvlab.bench import gemv, roofline
 from kvlab.bench.roofs import device_roofs
+from kvlab.bench.results import recorded_gpu_runs
 from kvlab.exercises import check_number
 from kvlab.viz import mode_banner
 from kvlab.viz.roofline_figures import attention_bandwidth_figure, batch_tradeoff_figure, per_token_figure, roofline_figure
@@ -177,8 +175,7 @@ machine writes `benchmarks/results/roofline_<gpu>.json`; this cell shows any suc
 """),
     code("""
 # NBVAL_IGNORE_OUTPUT
-recorded = [json.load(open(p)) for p in sorted(glob.glob("../benchmarks/results/roofline_*.json"))]
-recorded = [r for r in recorded if not r["device"].startswith("CPU")]
+recorded = recorded_gpu_runs("roofline", "../benchmarks/results")
 if not recorded:
     print("No GPU run of this benchmark is recorded yet. On a machine with a GPU:\\n"
           "    python -m kvlab.bench roofline\\n"

@@ -30,8 +30,6 @@ BLOCK_SIZE = 16  # tokens per KV block (the GPU path runs the paged kernel)
     code("""
 # NBVAL_IGNORE_OUTPUT
 import dataclasses
-import glob
-import json
 
 import torch
 from IPython.display import display
@@ -40,6 +38,7 @@ import kvlab
 from kvlab.bench import gqa
 from kvlab.cache import PagedCache
 from kvlab.cache.attention import attend_reference
+from kvlab.bench.results import recorded_gpu_runs
 from kvlab.exercises import check_number
 from kvlab.kernels import paged_decode_attention
 from kvlab.memory import kv_bytes_per_token, with_kv_heads
@@ -143,8 +142,7 @@ recording, clearly labelled, beside the live CPU numbers above.
 """),
     code("""
 # NBVAL_IGNORE_OUTPUT
-recorded = [json.load(open(p)) for p in sorted(glob.glob("../benchmarks/results/gqa_*.json"))]
-recorded = [r for r in recorded if not r["device"].startswith("CPU")]
+recorded = recorded_gpu_runs("gqa", "../benchmarks/results")
 if not recorded:
     print("No GPU run of this benchmark is recorded yet. On a machine with a GPU:\\n"
           "    python -m kvlab.bench gqa\\n"
