@@ -294,3 +294,50 @@ def start_run_all(page) -> None:
                 return
             time.sleep(0.5)
     pytest.fail("notebook:run-all-cells started no cell")
+
+
+@contextlib.contextmanager
+def browser_page(chromium: str, viewport_height: int, failure_screenshot: pathlib.Path):
+    """A page of headless Chromium, 1400 px wide. If the body fails, a full-page screenshot goes to
+    `failure_screenshot` before the failure propagates; the browser is closed either way."""
+    from playwright.sync_api import sync_playwright
+
+    failure_screenshot.parent.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": viewport_height})
+        try:
+            yield page
+        except BaseException:
+            try:
+                page.screenshot(path=failure_screenshot, full_page=True)
+            except Exception:  # noqa: BLE001 — keep the original failure
+                pass
+            raise
+        finally:
+            browser.close()
+
+
+def open_and_run_all(page, lab: JupyterLab, notebook: pathlib.Path, run_timeout_s: float, wait_for_widget) -> float:
+    """Open `notebook` in `lab`, run all its cells, wait until `wait_for_widget(page, lab)` returns and every cell
+    has finished, and fail on any traceback. Returns the seconds run-all took."""
+    page.goto(f"{lab.url}/lab/tree/{notebook.name}", timeout=120_000)
+    wait_for_lab(page)
+    page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=120_000)
+    wait_kernel_idle(page, timeout_ms=120_000)
+    lab.remember_descendants()
+    started = time.monotonic()
+    start_run_all(page)
+    wait_for_widget(page, lab)
+    wait_all_cells_done(page, run_timeout_s)
+    lab.remember_descendants()
+    assert not error_outputs(page), "cells raised:\n" + "\n\n".join(error_outputs(page))
+    return time.monotonic() - started
+
+
+def screenshot_widget(page, widget, path: pathlib.Path, settle_s: float = 1.5) -> None:
+    """The widget alone, scrolled into view, with the mouse off it (no hover modebar) and plotly's layout settled."""
+    widget.scroll_into_view_if_needed()
+    page.mouse.move(0, 0)
+    time.sleep(settle_s)
+    widget.screenshot(path=path)

@@ -19,8 +19,8 @@ import time
 
 import pytest
 
-from browser_driver import (CHROMIUM_ARGS, JupyterLab, dismiss_popups, error_outputs, lab_serving, require_chromium,
-                            running_prompts, start_run_all, wait_all_cells_done, wait_for_lab, wait_kernel_idle)
+from browser_driver import (JupyterLab, browser_page, dismiss_popups, error_outputs, lab_serving, open_and_run_all,
+                            require_chromium, running_prompts, screenshot_widget)
 
 pytestmark = pytest.mark.browser
 
@@ -107,58 +107,30 @@ def _wait_for_widget(page, lab: JupyterLab) -> None:
 
 
 def test_block_table_widget_redraws_in_a_real_browser(lab, chromium, notebook_path):
-    from playwright.sync_api import sync_playwright
+    with browser_page(chromium, 1000, ARTIFACTS / "block_table_failure.png") as page:
+        open_and_run_all(page, lab, notebook_path, RUN_TIMEOUT_S, _wait_for_widget)
 
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        try:
-            page.goto(f"{lab.url}/lab/tree/{notebook_path.name}", timeout=120_000)
-            wait_for_lab(page)
-            page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=120_000)
-            wait_kernel_idle(page, timeout_ms=120_000)
-            lab.remember_descendants()
-            start_run_all(page)
-            _wait_for_widget(page, lab)
-            wait_all_cells_done(page, RUN_TIMEOUT_S)
-            lab.remember_descendants()
-            assert not error_outputs(page), "cells raised:\n" + "\n\n".join(error_outputs(page))
+        widget = page.locator(WIDGET).first
+        widget.scroll_into_view_if_needed()
+        for label in BUTTONS:
+            assert widget.get_by_role("button", name=label, exact=True).count() >= 1, f"no {label!r} button"
+        assert widget.locator(".kvlab-pool-status").count() >= 1, "no .kvlab-pool-status in the widget"
+        assert widget.locator(".kvlab-message").count() >= 1, "no .kvlab-message in the widget"
+        dismiss_popups(page)
+        screenshot_widget(page, widget, ARTIFACTS / "block_table_before.png", settle_s=2)
 
-            widget = page.locator(WIDGET).first
-            widget.scroll_into_view_if_needed()
-            for label in BUTTONS:
-                assert widget.get_by_role("button", name=label, exact=True).count() >= 1, f"no {label!r} button"
-            assert widget.locator(".kvlab-pool-status").count() >= 1, "no .kvlab-pool-status in the widget"
-            assert widget.locator(".kvlab-message").count() >= 1, "no .kvlab-message in the widget"
-            dismiss_popups(page)
-            page.mouse.move(0, 0)
-            time.sleep(2)  # let plotly finish its first layout before the screenshot
-            widget.screenshot(path=ARTIFACTS / "block_table_before.png")
+        before = _pool_state(page)
+        request_box = widget.locator('input[type="text"]')  # the request Text box (IntTexts are type=number)
+        if request_box.count():
+            request_box.first.fill(REQUEST_LENGTH)
+            request_box.first.blur()
+        widget.get_by_role("button", name="Add request", exact=True).first.click()
+        added = _wait_pool_change(page, before, f"'Add request' ({REQUEST_LENGTH} tokens)")
+        widget.get_by_role("button", name="Decode", exact=True).first.click()
+        decoded = _wait_pool_change(page, added, "'Decode'")
 
-            before = _pool_state(page)
-            request_box = widget.locator('input[type="text"]')  # the request Text box (IntTexts are type=number)
-            if request_box.count():
-                request_box.first.fill(REQUEST_LENGTH)
-                request_box.first.blur()
-            widget.get_by_role("button", name="Add request", exact=True).first.click()
-            added = _wait_pool_change(page, before, f"'Add request' ({REQUEST_LENGTH} tokens)")
-            widget.get_by_role("button", name="Decode", exact=True).first.click()
-            decoded = _wait_pool_change(page, added, "'Decode'")
-
-            time.sleep(1)  # plotly's transition
-            widget.scroll_into_view_if_needed()
-            page.mouse.move(0, 0)  # no hover modebar over the plot
-            widget.screenshot(path=ARTIFACTS / "block_table_after.png")
-            used = [re.search(r"(\d+)\s+of\s+(\d+)\s+blocks", s["status"] or "") for s in (before, added, decoded)]
-            print("\npool status:", " → ".join(repr(s["status"]) for s in (before, added, decoded)),
-                  "| blocks used:", [m.group(1) if m else None for m in used])
-            assert not error_outputs(page), "a widget callback raised:\n" + "\n\n".join(error_outputs(page))
-        except BaseException:
-            try:
-                page.screenshot(path=ARTIFACTS / "block_table_failure.png", full_page=True)
-            except Exception:  # noqa: BLE001 — keep the original failure
-                pass
-            raise
-        finally:
-            browser.close()
+        screenshot_widget(page, widget, ARTIFACTS / "block_table_after.png", settle_s=1)  # after plotly's transition
+        used = [re.search(r"(\d+)\s+of\s+(\d+)\s+blocks", s["status"] or "") for s in (before, added, decoded)]
+        print("\npool status:", " → ".join(repr(s["status"]) for s in (before, added, decoded)),
+              "| blocks used:", [m.group(1) if m else None for m in used])
+        assert not error_outputs(page), "a widget callback raised:\n" + "\n\n".join(error_outputs(page))

@@ -22,8 +22,8 @@ import time
 
 import pytest
 
-from browser_driver import (CHROMIUM_ARGS, JupyterLab, dismiss_popups, error_outputs, lab_serving, require_chromium,
-                            running_prompts, start_run_all, wait_all_cells_done, wait_for_lab, wait_kernel_idle)
+from browser_driver import (JupyterLab, browser_page, dismiss_popups, error_outputs, lab_serving, open_and_run_all,
+                            require_chromium, running_prompts, screenshot_widget)
 
 pytestmark = pytest.mark.browser
 
@@ -122,79 +122,47 @@ def _wait_for_int8(page, before: dict) -> dict:
                 + (f"; tracebacks: {errors}" if errors else ""))
 
 
-def _screenshot(page, widget, name: str) -> None:
-    widget.scroll_into_view_if_needed()
-    page.mouse.move(0, 0)  # no hover modebar over a plot
-    time.sleep(1.5)  # let plotly finish its layout
-    widget.screenshot(path=ARTIFACTS / name)
-
-
 def test_quant_lab_measures_int8_chosen_in_its_own_menu_and_redraws_memory_and_heatmap(lab, chromium, notebook_path):
-    from playwright.sync_api import sync_playwright
+    # tall, so that the whole lab (seven panels) fits in the notebook's scroll area for the screenshots
+    with browser_page(chromium, 3000, ARTIFACTS / "quant_lab_failure.png") as page:
+        print(f"\nrun all: {open_and_run_all(page, lab, notebook_path, RUN_TIMEOUT_S, _wait_for_lab_plots):.0f} s")
 
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
-        # tall, so that the whole lab (seven panels) fits in the notebook's scroll area for the screenshots
-        page = browser.new_page(viewport={"width": 1400, "height": 3000})
-        try:
-            page.goto(f"{lab.url}/lab/tree/{notebook_path.name}", timeout=120_000)
-            wait_for_lab(page)
-            page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=120_000)
-            wait_kernel_idle(page, timeout_ms=120_000)
-            lab.remember_descendants()
-            started = time.monotonic()
-            start_run_all(page)
-            _wait_for_lab_plots(page, lab)
-            wait_all_cells_done(page, RUN_TIMEOUT_S)
-            print(f"\nrun all: {time.monotonic() - started:.0f} s")
-            lab.remember_descendants()
-            assert not error_outputs(page), "cells raised:\n" + "\n\n".join(error_outputs(page))
+        widget = page.locator(WIDGET).first
+        widget.scroll_into_view_if_needed()
+        for cls in ("kvlab-quant-status", "kvlab-quant-memory", "kvlab-quant-perplexity", "kvlab-quant-texts",
+                    "kvlab-message"):
+            assert widget.locator(f".{cls}").count() >= 1, f"no .{cls} in the lab"
+        scheme_menu = widget.get_by_label("scheme", exact=True)  # a Dropdown: <label for=…> + <select>
+        group_buttons = widget.locator(".widget-toggle-buttons", has_text="group size")
+        # not get_by_role(name="measure", exact=True): the button's play icon puts a glyph in its accessible name
+        measure = widget.locator("button.widget-button").filter(has_text=re.compile(r"^\s*measure\s*$"))
+        assert scheme_menu.count() == 1, "no 'scheme' <select> in the lab"
+        assert group_buttons.count() == 1, "no 'group size' toggle buttons in the lab"
+        assert measure.count() == 1, "no 'measure' button in the lab"
 
-            widget = page.locator(WIDGET).first
-            widget.scroll_into_view_if_needed()
-            for cls in ("kvlab-quant-status", "kvlab-quant-memory", "kvlab-quant-perplexity", "kvlab-quant-texts",
-                        "kvlab-message"):
-                assert widget.locator(f".{cls}").count() >= 1, f"no .{cls} in the lab"
-            scheme_menu = widget.get_by_label("scheme", exact=True)  # a Dropdown: <label for=…> + <select>
-            group_buttons = widget.locator(".widget-toggle-buttons", has_text="group size")
-            # not get_by_role(name="measure", exact=True): the button's play icon puts a glyph in its accessible name
-            measure = widget.locator("button.widget-button").filter(has_text=re.compile(r"^\s*measure\s*$"))
-            assert scheme_menu.count() == 1, "no 'scheme' <select> in the lab"
-            assert group_buttons.count() == 1, "no 'group size' toggle buttons in the lab"
-            assert measure.count() == 1, "no 'measure' button in the lab"
+        before = _lab_state(page)
+        assert before["plots"] == 4, f"expected 4 plots in the lab (memory, error, max |K|, accuracy): {before}"
+        assert before["heatmap"] is not None, "no plot with heatmap traces in the lab"
+        assert f"{BEFORE[0]}: {BEFORE[1]} bytes per token" in before["memory"], _describe(before)
+        assert f"measured {BEFORE[0]}" in before["status"] and not before["message"], _describe(before)
+        assert any(BEFORE[0] in title for title in before["heatmap_titles"]), _describe(before)
+        assert scheme_menu.input_value() == "int4"
+        dismiss_popups(page)
+        screenshot_widget(page, widget, ARTIFACTS / "quant_lab_before.png")
 
-            before = _lab_state(page)
-            assert before["plots"] == 4, f"expected 4 plots in the lab (memory, error, max |K|, accuracy): {before}"
-            assert before["heatmap"] is not None, "no plot with heatmap traces in the lab"
-            assert f"{BEFORE[0]}: {BEFORE[1]} bytes per token" in before["memory"], _describe(before)
-            assert f"measured {BEFORE[0]}" in before["status"] and not before["message"], _describe(before)
-            assert any(BEFORE[0] in title for title in before["heatmap_titles"]), _describe(before)
-            assert scheme_menu.input_value() == "int4"
-            dismiss_popups(page)
-            _screenshot(page, widget, "quant_lab_before.png")
+        scheme_menu.select_option("int8")
+        group_buttons.get_by_role("button", name="64", exact=True).click()  # int8's default: the whole head
+        time.sleep(0.5)  # the menus' values reach the kernel before the click
+        clicked = time.monotonic()
+        measure.click()
+        after = _wait_for_int8(page, before)
+        print(f"measure int8 g64: {time.monotonic() - clicked:.1f} s in the browser; "
+              f"memory {before['memory'][:40]!r} → {after['memory'][:40]!r}; status {after['status']!r}")
 
-            scheme_menu.select_option("int8")
-            group_buttons.get_by_role("button", name="64", exact=True).click()  # int8's default: the whole head
-            time.sleep(0.5)  # the menus' values reach the kernel before the click
-            clicked = time.monotonic()
-            measure.click()
-            after = _wait_for_int8(page, before)
-            print(f"measure int8 g64: {time.monotonic() - clicked:.1f} s in the browser; "
-                  f"memory {before['memory'][:40]!r} → {after['memory'][:40]!r}; status {after['status']!r}")
-
-            assert BEFORE[1] not in after["memory"].split(" bytes per token")[0], after["memory"]
-            assert AFTER[0] in after["perplexity"] and AFTER[0] in after["texts"], _describe(after)
-            assert any(AFTER[0] in title for title in after["heatmap_titles"]), _describe(after)
-            assert not after["message"], _describe(after)
-            assert scheme_menu.input_value() == "int8"
-            assert not error_outputs(page), "a widget callback raised:\n" + "\n\n".join(error_outputs(page))
-            _screenshot(page, widget, "quant_lab_after.png")
-        except BaseException:
-            try:
-                page.screenshot(path=ARTIFACTS / "quant_lab_failure.png", full_page=True)
-            except Exception:  # noqa: BLE001 — keep the original failure
-                pass
-            raise
-        finally:
-            browser.close()
+        assert BEFORE[1] not in after["memory"].split(" bytes per token")[0], after["memory"]
+        assert AFTER[0] in after["perplexity"] and AFTER[0] in after["texts"], _describe(after)
+        assert any(AFTER[0] in title for title in after["heatmap_titles"]), _describe(after)
+        assert not after["message"], _describe(after)
+        assert scheme_menu.input_value() == "int8"
+        assert not error_outputs(page), "a widget callback raised:\n" + "\n\n".join(error_outputs(page))
+        screenshot_widget(page, widget, ARTIFACTS / "quant_lab_after.png")

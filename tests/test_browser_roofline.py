@@ -24,8 +24,8 @@ import time
 
 import pytest
 
-from browser_driver import (CHROMIUM_ARGS, JupyterLab, dismiss_popups, error_outputs, lab_serving, require_chromium,
-                            running_prompts, start_run_all, wait_all_cells_done, wait_for_lab, wait_kernel_idle)
+from browser_driver import (JupyterLab, browser_page, dismiss_popups, error_outputs, lab_serving, open_and_run_all,
+                            require_chromium, running_prompts, screenshot_widget)
 
 pytestmark = pytest.mark.browser
 
@@ -152,88 +152,56 @@ def _wait_for_batch(page, before: dict) -> dict:
                 + (f"; tracebacks: {errors}" if errors else ""))
 
 
-def _screenshot(page, widget, name: str) -> None:
-    widget.scroll_into_view_if_needed()
-    page.mouse.move(0, 0)  # no hover modebar over the plot
-    time.sleep(1.5)  # let plotly finish its layout
-    widget.screenshot(path=ARTIFACTS / name)
-
-
 def test_roofline_lab_measures_batch_2_chosen_on_its_own_slider_and_adds_the_points(lab, chromium, notebook_path):
-    from playwright.sync_api import sync_playwright
+    with browser_page(chromium, 2000, ARTIFACTS / "roofline_lab_failure.png") as page:
+        print(f"\nrun all: {open_and_run_all(page, lab, notebook_path, RUN_TIMEOUT_S, _wait_for_lab_plot):.0f} s")
 
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 2000})
-        try:
-            page.goto(f"{lab.url}/lab/tree/{notebook_path.name}", timeout=120_000)
-            wait_for_lab(page)
-            page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=120_000)
-            wait_kernel_idle(page, timeout_ms=120_000)
-            lab.remember_descendants()
-            started = time.monotonic()
-            start_run_all(page)
-            _wait_for_lab_plot(page, lab)
-            wait_all_cells_done(page, RUN_TIMEOUT_S)
-            print(f"\nrun all: {time.monotonic() - started:.0f} s")
-            lab.remember_descendants()
-            assert not error_outputs(page), "cells raised:\n" + "\n\n".join(error_outputs(page))
+        widget = page.locator(WIDGET).first
+        widget.scroll_into_view_if_needed()
+        assert widget.locator(MESSAGE).count() == 1, f"no {MESSAGE} in the lab"
+        sliders = {name: widget.locator(".widget-slider").filter(
+            has=page.locator(".widget-label").filter(has_text=re.compile(rf"^\s*{name}\s*$")))
+            for name in ("batch", "context", "prompt")}
+        for name, slider in sliders.items():
+            assert slider.count() == 1, f"no '{name}' slider in the lab"
+        batch_slider = sliders["batch"]
+        batch_readout = batch_slider.locator(".widget-readout")
+        # not get_by_role(name="measure", exact=True): the button's icon puts a glyph in its accessible name
+        measure = widget.locator("button.widget-button").filter(has_text=re.compile(r"^\s*measure\s*$"))
+        clear = widget.locator("button.widget-button").filter(has_text=re.compile(r"^\s*clear points\s*$"))
+        assert measure.count() == 1, "no 'measure' button in the lab"
+        assert clear.count() == 1, "no 'clear points' button in the lab"
 
-            widget = page.locator(WIDGET).first
-            widget.scroll_into_view_if_needed()
-            assert widget.locator(MESSAGE).count() == 1, f"no {MESSAGE} in the lab"
-            sliders = {name: widget.locator(".widget-slider").filter(
-                has=page.locator(".widget-label").filter(has_text=re.compile(rf"^\s*{name}\s*$")))
-                for name in ("batch", "context", "prompt")}
-            for name, slider in sliders.items():
-                assert slider.count() == 1, f"no '{name}' slider in the lab"
-            batch_slider = sliders["batch"]
-            batch_readout = batch_slider.locator(".widget-readout")
-            # not get_by_role(name="measure", exact=True): the button's icon puts a glyph in its accessible name
-            measure = widget.locator("button.widget-button").filter(has_text=re.compile(r"^\s*measure\s*$"))
-            clear = widget.locator("button.widget-button").filter(has_text=re.compile(r"^\s*clear points\s*$"))
-            assert measure.count() == 1, "no 'measure' button in the lab"
-            assert clear.count() == 1, "no 'clear points' button in the lab"
+        before = _lab_state(page)
+        assert before["plots"] == 1, f"expected one plot (the roofline) in the lab: {_describe(before)}"
+        assert ROOFLINE in before["traces"], _describe(before)
+        for kind in KINDS:
+            assert _points(before, kind) == 1, f"expected one {kind} point after run-all: {_describe(before)}"
+        assert before["traces"]["decode"]["text"][0].startswith(f"decode, batch {BEFORE_BATCH}, context"), \
+            before["traces"]["decode"]["text"]
+        assert f"decode, batch {BEFORE_BATCH}, context" in before["message"], _describe(before)
+        assert "FLOP/byte" in before["message"], _describe(before)
+        assert before["readouts"].get("batch") == BEFORE_BATCH, _describe(before)
+        dismiss_popups(page)
+        screenshot_widget(page, widget, ARTIFACTS / "roofline_lab_before.png")
 
-            before = _lab_state(page)
-            assert before["plots"] == 1, f"expected one plot (the roofline) in the lab: {_describe(before)}"
-            assert ROOFLINE in before["traces"], _describe(before)
-            for kind in KINDS:
-                assert _points(before, kind) == 1, f"expected one {kind} point after run-all: {_describe(before)}"
-            assert before["traces"]["decode"]["text"][0].startswith(f"decode, batch {BEFORE_BATCH}, context"), \
-                before["traces"]["decode"]["text"]
-            assert f"decode, batch {BEFORE_BATCH}, context" in before["message"], _describe(before)
-            assert "FLOP/byte" in before["message"], _describe(before)
-            assert before["readouts"].get("batch") == BEFORE_BATCH, _describe(before)
-            dismiss_popups(page)
-            _screenshot(page, widget, "roofline_lab_before.png")
+        presses = _slide_to(page, batch_slider, batch_readout, AFTER_BATCH)
+        time.sleep(0.5)  # the slider's value reaches the kernel before the click
+        clicked = time.monotonic()
+        measure.click()
+        after = _wait_for_batch(page, before)
+        print(f"batch slider → {AFTER_BATCH} in {presses} key press(es); measure batch {AFTER_BATCH}: "
+              f"{time.monotonic() - clicked:.1f} s in the browser; {_describe(after)}")
 
-            presses = _slide_to(page, batch_slider, batch_readout, AFTER_BATCH)
-            time.sleep(0.5)  # the slider's value reaches the kernel before the click
-            clicked = time.monotonic()
-            measure.click()
-            after = _wait_for_batch(page, before)
-            print(f"batch slider → {AFTER_BATCH} in {presses} key press(es); measure batch {AFTER_BATCH}: "
-                  f"{time.monotonic() - clicked:.1f} s in the browser; {_describe(after)}")
-
-            for kind in KINDS:
-                assert _points(after, kind) == 2, f"expected two {kind} points after measure: {_describe(after)}"
-            decode_texts = after["traces"]["decode"]["text"]
-            assert decode_texts[0].startswith(f"decode, batch {BEFORE_BATCH}, context"), decode_texts  # kept
-            assert after["traces"]["attention"]["text"][-1].startswith(
-                f"decode attention, batch {AFTER_BATCH}, context"), after["traces"]["attention"]["text"]
-            assert f"decode, batch {AFTER_BATCH}, context" in after["message"], _describe(after)
-            assert "FLOP/byte" in after["message"] and f"batch {BEFORE_BATCH}," not in after["message"], \
-                _describe(after)
-            assert after["readouts"].get("batch") == AFTER_BATCH, _describe(after)
-            assert not error_outputs(page), "a widget callback raised:\n" + "\n\n".join(error_outputs(page))
-            _screenshot(page, widget, "roofline_lab_after.png")
-        except BaseException:
-            try:
-                page.screenshot(path=ARTIFACTS / "roofline_lab_failure.png", full_page=True)
-            except Exception:  # noqa: BLE001 — keep the original failure
-                pass
-            raise
-        finally:
-            browser.close()
+        for kind in KINDS:
+            assert _points(after, kind) == 2, f"expected two {kind} points after measure: {_describe(after)}"
+        decode_texts = after["traces"]["decode"]["text"]
+        assert decode_texts[0].startswith(f"decode, batch {BEFORE_BATCH}, context"), decode_texts  # kept
+        assert after["traces"]["attention"]["text"][-1].startswith(
+            f"decode attention, batch {AFTER_BATCH}, context"), after["traces"]["attention"]["text"]
+        assert f"decode, batch {AFTER_BATCH}, context" in after["message"], _describe(after)
+        assert "FLOP/byte" in after["message"] and f"batch {BEFORE_BATCH}," not in after["message"], \
+            _describe(after)
+        assert after["readouts"].get("batch") == AFTER_BATCH, _describe(after)
+        assert not error_outputs(page), "a widget callback raised:\n" + "\n\n".join(error_outputs(page))
+        screenshot_widget(page, widget, ARTIFACTS / "roofline_lab_after.png")
