@@ -93,15 +93,14 @@ def main(argv: list[str] | None = None) -> None:
         from .results import save_result
 
         device = torch.device(args.device)
-        gpu = device.type == "cuda"
         if args.command == "gqa":
             report = gqa.run(device, batch=args.batch, context=args.context, block_size=args.block_size)
             gqa.print_gqa(report)
         else:
             model, tokenizer = kvlab.load_model(device=args.device)
-            report = roofline.run(model, tokenizer, args.batches or ([1, 4, 16, 64] if gpu else [1, 2, 4, 8]),
-                                  args.contexts or ([1024, 4096, 16384] if gpu else [128, 512, 2048]),
-                                  args.prompt_len or (1024 if gpu else 128), progress=True)
+            batches, contexts, prompt_len = roofline.default_sizes(device)
+            report = roofline.run(model, tokenizer, args.batches or batches, args.contexts or contexts,
+                                  args.prompt_len or prompt_len, progress=True)
             roofline.print_roofline(report)
         if not args.no_save:
             print("saved", save_result(args.command, report))

@@ -17,8 +17,7 @@ from .timers import median_seconds
 
 def model_projections(model) -> list[torch.Tensor]:
     """Every weight matrix one forward pass multiplies by, in order: [out, in] each."""
-    weights = [p.weight for layer in model.layers for p in (layer.wqkv, layer.wo, layer.w_gate_up, layer.w_down)]
-    return weights + [model.lm_head.weight]
+    return [p.weight for p in model.layer_projections() + [model.lm_head]]
 
 
 def run(model, repeats: int = 5) -> dict:

@@ -141,7 +141,7 @@ def pool_blocks(prompts: list[list[int]], reused: list[int], new_tokens: int, bl
 def prefill_flops_per_token(model) -> int:
     """2 FLOPs per weight of the layers' matmuls (QKV, output, gate-up, down): the work of one prompt token,
     attention scores and the final logits (one position per prompt) left out."""
-    return 2 * sum(w.numel() for layer in model.layers for w in (layer.wqkv, layer.wo, layer.w_gate_up, layer.w_down))
+    return 2 * sum(p.numel() for p in model.layer_projections())
 
 
 def _runs(scenario: Scenario) -> int:

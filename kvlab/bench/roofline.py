@@ -16,6 +16,7 @@ intensity, up against the compute roof. Batching decode moves it right: B sequen
 """
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass
 
 import torch
@@ -60,7 +61,15 @@ class Point:
 
 
 def layer_weight_count(model) -> int:
-    return sum(p.numel() for layer in model.layers for p in (layer.wqkv, layer.wo, layer.w_gate_up, layer.w_down))
+    return sum(p.numel() for p in model.layer_projections())
+
+
+def default_sizes(device: torch.device) -> tuple[list[int], list[int], int]:
+    """(batches, decode-attention contexts, prefill length) that `run` measures by default: small on a CPU,
+    large on a GPU."""
+    if torch.device(device).type == "cuda":
+        return [1, 4, 16, 64], [1024, 4096, 16384], 1024
+    return [1, 2, 4, 8], [128, 512, 2048], 128
 
 
 def step_flops(model, batch: int, cached: int, new: int) -> int:
@@ -173,8 +182,6 @@ def run(model, tokenizer, batches: list[int], contexts: list[int], prompt_len: i
         progress: bool = False) -> dict:
     """Everything notebook 06 draws, measured on this device: the roofs, prefill and decode steps of the model,
     decode attention at every (batch, context), and TTFT / tokens/s per batch. A dict that save_result writes."""
-    import time as clock
-
     from kvlab.progress import progress_bar
 
     from .roofs import device_label, device_roofs
@@ -196,7 +203,7 @@ def run(model, tokenizer, batches: list[int], contexts: list[int], prompt_len: i
     finally:
         if bar is not None:
             bar.close()
-    return {"device": device_label(model.device), "date": clock.strftime("%Y-%m-%d"), "dtype": str(model.dtype)[6:],
+    return {"device": device_label(model.device), "date": time.strftime("%Y-%m-%d"), "dtype": str(model.dtype)[6:],
             "roofs": {"copy": asdict(roofs.copy), "matmul": asdict(roofs.matmul)},
             "points": [p.as_dict() for p in points], "batch_rows": rows}
 

@@ -70,10 +70,14 @@ class LlamaModel:
     def dtype(self) -> torch.dtype:
         return self.embed.dtype
 
+    def layer_projections(self) -> list[Projection]:
+        """Every layer's weight matrices in forward order (QKV, output, gate-up, down), the lm_head not included."""
+        return [p for layer in self.layers for p in (layer.wqkv, layer.wo, layer.w_gate_up, layer.w_down)]
+
     def weight_bytes(self) -> int:
         """Bytes of weights one forward pass reads (the embedding row lookup aside: the lm_head read)."""
         norms = [self.final_norm] + [n for layer in self.layers for n in (layer.attn_norm, layer.ffn_norm)]
-        projections = [self.lm_head] + [p for layer in self.layers for p in (layer.wqkv, layer.wo, layer.w_gate_up, layer.w_down)]
+        projections = self.layer_projections() + [self.lm_head]
         return sum(n.numel() * n.element_size() for n in norms) + sum(p.nbytes_read() for p in projections)
 
     @torch.inference_mode()

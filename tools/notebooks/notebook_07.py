@@ -46,9 +46,6 @@ from kvlab.viz import mode_banner
 from kvlab.viz.gqa_figures import bytes_per_token_figure, gqa_figure
 
 device = kvlab.pick_device(DEVICE)  # "auto": $KVLAB_DEVICE if set (the tests pin cpu), else CUDA when available
-gpu = device.type == "cuda"
-batch = BATCH or (8 if gpu else 4)
-context = CONTEXT or (16384 if gpu else 2048)
 model, tokenizer = kvlab.load_model(device=device)
 cfg = model.config
 display(mode_banner(device, model.dtype, "Decode times below are measured on this machine: compiled Triton kernel on a "
@@ -89,7 +86,7 @@ matmuls over a contiguous cache, float32, 16 query heads of dim 64.
 """),
     code("""
 # NBVAL_IGNORE_OUTPUT
-report = gqa.run(device, batch=batch, context=context, block_size=BLOCK_SIZE)
+report = gqa.run(device, batch=BATCH, context=CONTEXT, block_size=BLOCK_SIZE)  # None: gqa.run's defaults
 gqa.print_gqa(report)
 gqa_figure(report).show()
 """),
@@ -100,7 +97,7 @@ before the bars: on a GPU the compiled kernel streams every variant near the cop
 * **the BLAS path changes with the group.** MHA's scores are matrix-*vector* products (one query row per K/V
   head); a group of 4 query heads makes them small matrix-*matrix* products, which MKL runs with other kernels
   that do not always stream K and V as fast. In our runs on a 2-core EPYC, GQA's 0.25× bytes took between 0.27×
-  and 0.5× of MHA's time from one run to the next — a shared machine's memory system is noisy too;
+  and about 0.5× of MHA's time from one run to the next — a shared machine's memory system is noisy too;
 * **fixed costs** — Python calls and the softmax over batch × query heads × context scores, which does not shrink
   with the KV heads — weigh more as the bytes shrink: MQA's bar sits furthest above its grey one;
 * on a CPU a small cache may stay in the last-level cache (32 MiB here), faster than memory.
