@@ -8,6 +8,10 @@ same 121 products of a SmolLM2 step. `python -m kvlab.bench gemv` measures both 
 
 Bytes it must move: reads N·K·4 (W, once, for any M) + M·K·4 (x), writes M·N·4 (y).
 
+cpu_gemv_blocks is the same product reading W as the GGUF file stores it (cpu_gemv_ggml.cpp): GGML Q4_1 blocks
+(0.625 B a weight) or Q8_0 (1.0625 B), rebuilt to the exact float32 weights in registers. It reads 5.6× fewer
+bytes than float32 for SmolLM2; on 2 cores it is then limited by the unpacking, not by the memory.
+
 It is compiled on first use with torch.utils.cpp_extension (a C++ compiler and ninja; ~30 s once, then
 cached under TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions). Where it cannot be built, `load_gemv`
 warns once and returns None, and callers fall back to F.linear. KVLAB_CPU_GEMV=0 switches it off.
@@ -22,7 +26,7 @@ import warnings
 
 import torch
 
-SOURCE = pathlib.Path(__file__).with_name("cpu_gemv.cpp")
+SOURCES = [pathlib.Path(__file__).with_name(name) for name in ("cpu_gemv.cpp", "cpu_gemv_ggml.cpp")]
 _loaded: dict[str, object] = {}
 
 
@@ -35,18 +39,26 @@ def gemv_reference(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return x @ weight.t()
 
 
+# -fopenmp: at::parallel_for is inline, and splits the rows across threads only when the extension is compiled
+# with OpenMP (without it, it runs them all on one thread). The extension then uses the libgomp torch has
+# already loaded (same soname), so torch's ops and this kernel share one thread pool.
+COMPILE_FLAGS = ["-O3", "-fopenmp", "-march=native" if platform.machine() in ("x86_64", "AMD64") else "-mcpu=native"]
+LINK_FLAGS = ["-fopenmp"]
+
+
 def _build_name() -> str:
-    """The extension's name carries the source and this CPU's flags: -march=native code must not be reused
-    on another kind of CPU sharing the same home directory."""
-    flags = ""
+    """The extension's name carries the sources, the flags and this CPU's features: -march=native code must not
+    be reused on another kind of CPU sharing the same home directory."""
+    cpu = ""
     if pathlib.Path("/proc/cpuinfo").is_file():
-        flags = next((line for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
-    digest = hashlib.sha1(SOURCE.read_bytes() + flags.encode() + platform.machine().encode()).hexdigest()[:10]
-    return f"kvlab_cpu_gemv_{digest}"
+        cpu = next((line for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    key = b"".join(s.read_bytes() for s in SOURCES) + " ".join(COMPILE_FLAGS + LINK_FLAGS + [cpu, platform.machine()]).encode()
+    return f"kvlab_cpu_gemv_{hashlib.sha1(key).hexdigest()[:10]}"
 
 
 def load_gemv():
-    """The compiled module (with .gemv(x, w)), or None where it is switched off or cannot be built."""
+    """The compiled module (.gemv(x, w) on float32 weights; .gemv_q4_1 / .gemv_q8_0 (x, blocks) on the GGUF
+    file's blocks), or None where it is switched off or cannot be built."""
     if "module" in _loaded:
         return _loaded["module"]
     module = None
@@ -54,8 +66,8 @@ def load_gemv():
         try:
             from torch.utils import cpp_extension
 
-            flags = ["-O3", "-fopenmp-simd", "-march=native" if platform.machine() in ("x86_64", "AMD64") else "-mcpu=native"]
-            module = cpp_extension.load(_build_name(), [str(SOURCE)], extra_cflags=flags, verbose=False)
+            module = cpp_extension.load(_build_name(), [str(s) for s in SOURCES], extra_cflags=COMPILE_FLAGS,
+                                        extra_ldflags=LINK_FLAGS, verbose=False)
         except Exception as err:  # no compiler, no ninja, a read-only cache: the lab still runs, slower
             warnings.warn(f"kvlab: the CPU matrix-vector kernel could not be built ({type(err).__name__}: "
                           f"{str(err).splitlines()[0] if str(err) else ''}); using F.linear, which decodes about "
@@ -64,9 +76,59 @@ def load_gemv():
     return module
 
 
-def cpu_gemv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x [M, K] @ weight [N, K]ᵀ → [M, N], float32 CPU tensors, through the compiled kernel."""
+def _module():
     module = load_gemv()
     if module is None:
         raise RuntimeError("kvlab's CPU matrix-vector kernel is not available here (see the warning above)")
-    return module.gemv(x.contiguous(), weight.contiguous())
+    return module
+
+
+def cpu_gemv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x [M, K] @ weight [N, K]ᵀ → [M, N], float32 CPU tensors, through the compiled kernel."""
+    return _module().gemv(x.contiguous(), weight.contiguous())
+
+
+# ---- the same product on the GGUF file's own blocks (cpu_gemv_ggml.cpp) ----
+BLOCK_SIZE = 32  # weights per GGML block
+BLOCK_BYTES = {"Q4_1": 20, "Q8_0": 34}  # Q4_1: fp16 d, fp16 m, 16 B of nibbles; Q8_0: fp16 d, 32 int8
+
+
+def block_row_bytes(block_format: str, k: int) -> int:
+    """Bytes of one weight row of k weights stored as blocks."""
+    if block_format not in BLOCK_BYTES:
+        raise ValueError(f"block_format must be one of {sorted(BLOCK_BYTES)}, got {block_format!r}")
+    if k % BLOCK_SIZE:
+        raise ValueError(f"a row of {k} weights is not a whole number of {BLOCK_SIZE}-weight blocks")
+    return k // BLOCK_SIZE * BLOCK_BYTES[block_format]
+
+
+def gemv_blocks_bytes(block_format: str, m: int, n: int, k: int) -> int:
+    """Reads every block once (for any M) + x, writes y."""
+    return n * block_row_bytes(block_format, k) + (m * k + m * n) * 4
+
+
+def dequantize_reference(blocks: torch.Tensor, block_format: str) -> torch.Tensor:
+    """blocks uint8 [N, K/32 · block bytes] → float32 weights [N, K] in plain torch: d·q + m (Q4_1) or d·q (Q8_0),
+    q_j for j < 16 the low nibbles and for j ≥ 16 the high nibbles of a Q4_1 block's 16 bytes."""
+    n = blocks.shape[0]
+    per_block = blocks.reshape(n, -1, BLOCK_BYTES[block_format])  # [N, blocks, bytes]
+    d = per_block[..., 0:2].contiguous().view(torch.float16).float()  # [N, blocks, 1]
+    if block_format == "Q8_0":
+        q = per_block[..., 2:].contiguous().view(torch.int8).float()  # [N, blocks, 32]
+        return (d * q).reshape(n, -1)
+    m = per_block[..., 2:4].contiguous().view(torch.float16).float()
+    nibbles = per_block[..., 4:]  # [N, blocks, 16]
+    q = torch.cat([nibbles & 0x0F, nibbles >> 4], dim=-1).float()  # [N, blocks, 32]
+    return (d * q + m).reshape(n, -1)
+
+
+def gemv_blocks_reference(x: torch.Tensor, blocks: torch.Tensor, block_format: str) -> torch.Tensor:
+    """x [M, K] @ dequantize(blocks)ᵀ → [M, N] in plain torch."""
+    return x @ dequantize_reference(blocks, block_format).t()
+
+
+def cpu_gemv_blocks(x: torch.Tensor, blocks: torch.Tensor, block_format: str) -> torch.Tensor:
+    """x [M, K] float32 @ Wᵀ → [M, N], W given as blocks uint8 [N, K/32 · block bytes], through the compiled kernel."""
+    block_row_bytes(block_format, x.shape[-1])  # names a bad format or K
+    gemv = _module().gemv_q4_1 if block_format == "Q4_1" else _module().gemv_q8_0
+    return gemv(x.contiguous(), blocks.contiguous())

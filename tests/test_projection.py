@@ -7,7 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kvlab.kernels.cpu_gemv import cpu_gemv, gemv_bytes, gemv_reference, load_gemv
+import numpy as np
+
+from kvlab.kernels.cpu_gemv import (BLOCK_BYTES, block_row_bytes, cpu_gemv, cpu_gemv_blocks, dequantize_reference,
+                                    gemv_blocks_bytes, gemv_blocks_reference, gemv_bytes, gemv_reference, load_gemv)
 from kvlab.model.projection import GEMV_MAX_ROWS, Projection
 
 needs_kernel = pytest.mark.skipif(load_gemv() is None, reason="the CPU kernel could not be built here")
@@ -78,4 +81,114 @@ def test_model_projections_and_the_tied_lm_head(model):
     for projection in (layer.wqkv, layer.w_gate_up, model.lm_head):
         torch.testing.assert_close(projection(x), F.linear(x, projection.weight), rtol=1e-4, atol=1e-4)
     assert model.lm_head.weight.data_ptr() == model.embed.data_ptr()  # tied: one copy in memory
-    assert 538_000_000 <= model.weight_bytes() < 540_000_000
+    assert 538_000_000 <= model.dense_weight_bytes() < 540_000_000
+
+
+# ---- the same product on GGML Q4_1 / Q8_0 blocks ----
+
+def quantize(weight: torch.Tensor, block_format: str) -> torch.Tensor:
+    """Blocks made by the gguf package's own quantizer (the format's outside definition)."""
+    from gguf import GGMLQuantizationType, quants
+
+    blocks = quants.quantize(weight.numpy(), getattr(GGMLQuantizationType, block_format))
+    return torch.from_numpy(np.ascontiguousarray(blocks))
+
+
+@pytest.mark.parametrize("block_format", sorted(BLOCK_BYTES))
+def test_dequantize_reference_matches_gguf_bit_for_bit(block_format):
+    from gguf import GGMLQuantizationType, quants
+
+    weight = torch.randn(7, 96, generator=torch.Generator().manual_seed(1))
+    blocks = quantize(weight, block_format)
+    assert blocks.shape == (7, block_row_bytes(block_format, 96)) and blocks.dtype == torch.uint8
+    expected = quants.dequantize(blocks.numpy(), getattr(GGMLQuantizationType, block_format))
+    assert torch.equal(dequantize_reference(blocks, block_format), torch.from_numpy(np.asarray(expected, np.float32)))
+
+
+@needs_kernel
+@pytest.mark.parametrize("block_format", sorted(BLOCK_BYTES))
+@pytest.mark.parametrize("m, n, k", [(1, 1, 32), (1, 7, 64), (1, 960, 576), (3, 1023, 32), (16, 3, 1536),
+                                     (2, 5, 96), (4, 49, 1536), (7, 33, 160), (0, 4, 32)])
+def test_cpu_gemv_blocks_matches_the_reference_on_odd_shapes(block_format, m, n, k):
+    gen = torch.Generator().manual_seed(m * 1000 + n + k)
+    x, blocks = torch.randn(m, k, generator=gen), quantize(torch.randn(n, k, generator=gen), block_format)
+    torch.testing.assert_close(cpu_gemv_blocks(x, blocks, block_format), gemv_blocks_reference(x, blocks, block_format),
+                               rtol=1e-5, atol=1e-4)  # summation order
+
+
+@needs_kernel
+@pytest.mark.parametrize("block_format", sorted(BLOCK_BYTES))
+def test_cpu_gemv_blocks_rebuilds_the_exact_float32_weights(block_format):
+    """x = the identity picks out each weight alone (w · 1 plus zeros): the kernel's weights are the reference's."""
+    blocks = quantize(torch.randn(9, 64, generator=torch.Generator().manual_seed(2)) * 3, block_format)
+    assert torch.equal(cpu_gemv_blocks(torch.eye(64), blocks, block_format), dequantize_reference(blocks, block_format).t())
+
+
+@needs_kernel
+def test_cpu_gemv_blocks_rejects_bad_input_naming_it():
+    blocks = quantize(torch.randn(3, 64), "Q4_1")
+    with pytest.raises(RuntimeError, match="K=32"):
+        cpu_gemv_blocks(torch.randn(1, 32), blocks, "Q4_1")  # rows of 40 B are 64 weights
+    with pytest.raises(ValueError, match="'Q5_0'"):
+        cpu_gemv_blocks(torch.randn(1, 64), blocks, "Q5_0")
+    with pytest.raises(ValueError, match="48 weights"):
+        cpu_gemv_blocks(torch.randn(1, 48), blocks, "Q4_1")
+    with pytest.raises(RuntimeError, match="float32"):
+        cpu_gemv_blocks(torch.randn(1, 64).double(), blocks, "Q4_1")
+    with pytest.raises(ValueError, match=r"uint8 \[3, 40\]"):
+        Projection(torch.randn(3, 64), blocks=blocks[:, :20].contiguous(), block_format="Q4_1")
+
+
+def test_gemv_blocks_bytes_count_every_block_once():
+    assert gemv_blocks_bytes("Q4_1", 1, 960, 576) == 960 * 18 * 20 + (576 + 960) * 4
+    assert gemv_blocks_bytes("Q8_0", 2, 10, 64) == 10 * 2 * 34 + (2 * 64 + 2 * 10) * 4
+
+
+@needs_kernel
+@pytest.mark.parametrize("rows", [1, 3, GEMV_MAX_ROWS, GEMV_MAX_ROWS + 1])
+def test_projection_with_blocks_reads_them_up_to_the_row_threshold(rows):
+    weight = torch.randn(40, 64, generator=torch.Generator().manual_seed(rows))
+    blocks = quantize(weight, "Q4_1")
+    dequantized = dequantize_reference(blocks, "Q4_1")
+    projection = Projection(dequantized, blocks=blocks, block_format="Q4_1")
+    x = torch.randn(rows, 64)
+    torch.testing.assert_close(projection(x), F.linear(x, dequantized), rtol=1e-5, atol=1e-4)
+    assert projection.nbytes_read(rows) == (40 * 40 if rows <= GEMV_MAX_ROWS else 40 * 64 * 4)
+    projection.read_blocks = False  # the float32 weight instead: same weights, 6.4× the bytes
+    assert projection.nbytes_read(rows) == 40 * 64 * 4
+    torch.testing.assert_close(projection(x), F.linear(x, dequantized), rtol=1e-5, atol=1e-4)
+
+
+@needs_kernel
+def test_the_models_blocks_are_its_float32_weights_bit_for_bit(model):
+    """What the file stores (Q4_1 layers, Q8_0 embedding) and what HF dequantizes at load are the same weights."""
+    for projection in (model.layers[0].wqkv, model.layers[29].w_down, model.lm_head):
+        assert projection.reads_blocks
+        assert torch.equal(dequantize_reference(projection.blocks, projection.block_format), projection.weight)
+    assert {model.layers[0].wqkv.block_format, model.lm_head.block_format} == {"Q4_1", "Q8_0"}
+    assert 96_000_000 < model.weight_bytes(rows=1) < 98_000_000  # what a batch-1 decode step reads
+    assert model.weight_bytes(rows=GEMV_MAX_ROWS + 1) == model.dense_weight_bytes()  # a prefill reads float32
+
+
+@needs_kernel
+def test_decode_reads_blocks_switches_every_projection(model):
+    assert model.decode_reads_blocks
+    try:
+        model.decode_reads_blocks = False
+        assert not any(p.reads_blocks for p in model.layer_projections() + [model.lm_head])
+        assert model.weight_bytes(rows=1) == model.dense_weight_bytes()
+    finally:
+        model.decode_reads_blocks = True
+    assert model.weight_bytes(rows=1) < model.dense_weight_bytes() / 5
+
+
+@needs_kernel
+def test_gemv_bench_times_three_ways_and_counts_each_ones_bytes(model):
+    from kvlab.bench import gemv
+
+    report = gemv.run(model, repeats=1)
+    ways = report["ways"]
+    assert list(ways) == ["F.linear (MKL; what HF runs)", "kvlab cpu_gemv, float32", "kvlab cpu_gemv, GGUF blocks"]
+    assert ways["F.linear (MKL; what HF runs)"]["bytes"] == ways["kvlab cpu_gemv, float32"]["bytes"] == report["bytes"]
+    assert ways["kvlab cpu_gemv, GGUF blocks"]["bytes"] == model.weight_bytes(rows=1) - model._norm_bytes()
+    assert all(w["gb_s"] == pytest.approx(w["bytes"] / w["seconds"] / 1e9) for w in ways.values())

@@ -21,12 +21,20 @@ def test_step_flops_count_matmuls_and_causal_attention_by_hand(model):
 
 def test_decode_is_left_of_the_ridge_and_prefill_right_of_it(model):
     roofs = device_roofs(model.device)
-    decode = measure_decode(model, batch=1, context=32, repeats=2)
     prefill = measure_prefill(model, batch=1, prompt_len=128, repeats=1)
+    decode_blocks = measure_decode(model, batch=1, context=32, repeats=2)  # the default: the GGUF blocks
+    try:
+        model.decode_reads_blocks = False  # float32 weights: 2 FLOP per 4 bytes
+        decode = measure_decode(model, batch=1, context=32, repeats=2)
+    finally:
+        model.decode_reads_blocks = True
     assert decode.intensity < 1 < roofs.ridge_flop_per_byte < prefill.intensity
     assert decode.seconds > 0 and prefill.seconds > 0
     assert prefill.seconds_per_token < decode.seconds_per_token  # the lesson, measured
-    assert decode.context == 32 + (2 + 1) // 2 and decode.bytes > model.weight_bytes()
+    assert decode.context == 32 + (2 + 1) // 2 and decode.bytes > model.dense_weight_bytes()
+    assert prefill.bytes > 0.8 * model.dense_weight_bytes()  # 128 rows: F.linear on the float32 layers (lm_head: 1 row)
+    # the same FLOP from 5.6× fewer bytes
+    assert decode_blocks.flops == decode.flops and model.weight_bytes(rows=1) < decode_blocks.bytes < decode.bytes / 5
 
 
 def test_attention_point_counts_the_kv_bytes(model):

@@ -19,14 +19,14 @@ class PathTiming:
     step_s: list[float]  # median over repeats of each decode step
     ttft_s: float  # median prefill time
     kv_bytes_read: list[int]  # K/V read by each step
-    weight_bytes: int  # weights read by each step
+    weight_bytes_read: list[int]  # weights read by each step
 
     def total_s(self, steps: int) -> float:
         """Prefill plus the first `steps` decode steps."""
         return self.ttft_s + sum(self.step_s[:steps])
 
     def bytes_read(self, step: int) -> int:
-        return self.weight_bytes + self.kv_bytes_read[step]
+        return self.weight_bytes_read[step] + self.kv_bytes_read[step]
 
 
 @dataclass
@@ -62,7 +62,7 @@ def measure_cache_vs_recompute(model, tokenizer, prompt: str, new_tokens: int, r
             step_s=[statistics.median(r.step_times_s[i] for r in runs) for i in range(len(first.step_times_s))],
             ttft_s=statistics.median(r.ttft_s for r in runs),
             kv_bytes_read=first.kv_bytes_read_per_step,
-            weight_bytes=first.weight_bytes_per_step,
+            weight_bytes_read=first.weight_bytes_read_per_step,
         )
     bar and bar.close()
     return result

@@ -81,9 +81,11 @@ def step_flops(model, batch: int, cached: int, new: int) -> int:
 
 
 def step_bytes(model, cache: ContiguousCache, batch: int, cached: int, new: int) -> int:
-    """Bytes of one forward step: weights once, K/V read (the whole span per sequence), K/V written."""
+    """Bytes of one forward step: weights once (as the path for batch · new rows reads them: on a CPU, a decode
+    step reads the GGUF blocks unless model.decode_reads_blocks is off), K/V read (the whole span per sequence),
+    K/V written."""
     per_token = cache.bytes_per_token()
-    return model.weight_bytes() + batch * (cached + new) * per_token + batch * new * per_token
+    return model.weight_bytes(rows=batch * new, head_rows=batch) + batch * (cached + new) * per_token + batch * new * per_token
 
 
 def _token_ids(model, batch: int, length: int, seed: int) -> list[list[int]]:

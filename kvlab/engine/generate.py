@@ -81,7 +81,7 @@ def generate(model, tokenizer, prompts, max_new_tokens: int = 64, cache: str | K
     finish = ["length"] * len(sequences)
     stats = GenerationStats(cache=kv.name, device=str(model.device), batch=len(sequences),
                             prompt_tokens=sum(map(len, prompt_ids)), cached_prompt_tokens=0, new_tokens=0,
-                            ttft_s=0.0, decode_s=0.0, decode_tokens=0, weight_bytes_per_step=model.weight_bytes())
+                            ttft_s=0.0, decode_s=0.0, decode_tokens=0)
     bar = progress_bar(max_new_tokens, progress, "generating", "step")
     start = time.perf_counter()  # TTFT counts the prefix lookup too
     try:
@@ -90,7 +90,7 @@ def generate(model, tokenizer, prompts, max_new_tokens: int = 64, cache: str | K
             stats.cached_prompt_tokens += kv.add_sequence(seq_id, max_tokens, sequences[seq_id])
         for step_index in range(max_new_tokens):
             step_start = time.perf_counter()
-            logits, kv_bytes_read = forward_step(model, kv, sequences, running)
+            logits, kv_bytes_read, weight_bytes_read = forward_step(model, kv, sequences, running)
             if step_index == 0 and samples > 1:
                 running = _fork_samples(kv, sequences, running, samples)
                 logits = logits.repeat_interleave(samples, dim=0)  # [B · samples, vocab]: one draw per sample
@@ -105,6 +105,7 @@ def generate(model, tokenizer, prompts, max_new_tokens: int = 64, cache: str | K
                 stats.step_times_s.append(elapsed)
                 stats.step_context_lens.append(max(len(sequences[s]) for s in running))
                 stats.kv_bytes_read_per_step.append(kv_bytes_read)
+                stats.weight_bytes_read_per_step.append(weight_bytes_read)
             if on_step is not None:
                 on_step(step_index, kv, list(running))
             for seq_id, token in zip(list(running), next_ids):
@@ -140,8 +141,9 @@ def _fork_samples(kv, sequences: list[list[int]], running: list[int], samples: i
     return [parent + k for parent in running for k in range(samples)]
 
 
-def forward_step(model, kv, sequences: list[list[int]], running: list[int]) -> tuple[torch.Tensor, int]:
-    """Feed each running sequence its uncached tokens → (next-token logits [B, vocab], K/V bytes attention read)."""
+def forward_step(model, kv, sequences: list[list[int]], running: list[int]) -> tuple[torch.Tensor, int, int]:
+    """Feed each running sequence its uncached tokens → (next-token logits [B, vocab], K/V bytes attention read,
+    weight bytes the step read)."""
     new_tokens = [sequences[s][kv.num_cached(s):] for s in running]
     width = max(map(len, new_tokens))
     input_ids = torch.zeros(len(running), width, dtype=torch.int64)
@@ -155,7 +157,7 @@ def forward_step(model, kv, sequences: list[list[int]], running: list[int]) -> t
         raise
     kv_bytes_read = kv.kv_bytes_read(step)
     kv.end_step()
-    return logits, kv_bytes_read
+    return logits, kv_bytes_read, model.weight_bytes(rows=input_ids.numel(), head_rows=len(running))
 
 
 def _cache_for(cache, cfg, model, batch: int, max_len: int, options: dict) -> KVCache:

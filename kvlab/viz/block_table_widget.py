@@ -227,7 +227,7 @@ class BlockTableLab:
             self.cache.end_step()
             next_ids = [0] * len(seq_ids)
         else:
-            logits, _ = forward_step(self.model, self.cache, tokens, seq_ids)  # [B, vocab]
+            logits, _, _ = forward_step(self.model, self.cache, tokens, seq_ids)  # [B, vocab]
             next_ids = logits.argmax(dim=-1).tolist()  # greedy
         for seq_id, token in zip(seq_ids, next_ids):
             tokens[seq_id].append(token)

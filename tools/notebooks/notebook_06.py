@@ -49,6 +49,9 @@ gpu = device.type == "cuda"
 default_batches, default_contexts, default_prompt_len = roofline.default_sizes(device)
 batches, contexts, prompt_len = BATCHES or default_batches, CONTEXTS or default_contexts, PROMPT_LEN or default_prompt_len
 model, tokenizer = kvlab.load_model(device=device)
+# Sections 1–6 read the float32 weights: the textbook case. Section 7 turns on kvlab's CPU default, which reads
+# the GGUF file's own 4-bit blocks instead (same weights, same tokens, 5.6× fewer bytes).
+model.decode_reads_blocks = False
 display(mode_banner(device, model.dtype, "Every time below is measured on this machine, now; the model runs through "
                     "torch (plus kvlab's CPU matrix-vector kernel), not through the Triton interpreter."))
 """),
@@ -140,19 +143,32 @@ display(lab)
 ## 7 · Decoding at the bandwidth wall on a CPU
 
 If batch-1 decode is bound by reading the weights, then the fastest it can possibly go is
-**bandwidth ÷ bytes per step** — about 540 MB per step for SmolLM2 in float32. How close an engine comes depends on
-how well its matrix-vector products stream memory. Here are all 121 products of one step on the real weights,
-through torch's `F.linear` (what HF transformers runs) and through `kvlab.kernels.cpu_gemv`, a short C++ kernel
-in which each thread streams its own rows of W front to back:
+**bandwidth ÷ bytes per step** — about 540 MB per step for SmolLM2 in float32. There are two ways to get closer:
+stream those bytes faster, or read fewer of them. Here are all 121 matrix-vector products of one step on the
+real weights, three ways:
+
+* torch's `F.linear` on the float32 weights — what HF transformers runs;
+* `kvlab.kernels.cpu_gemv` on the same float32 weights — a short C++ kernel in which each thread streams its own
+  rows of W front to back;
+* the same kernel on the **GGUF file's own blocks**. The file stores every layer as Q4_1: 32 weights in 20
+  bytes (an fp16 scale d, an fp16 offset m, 32 four-bit q; weight = d·q + m), and the embedding as Q8_0. HF
+  dequantizes them to float32 when it loads. kvlab's kernel rebuilds the very same float32 numbers in registers
+  (bit for bit: d·q is exact in float32), from 0.625 bytes a weight instead of 4.
 """),
     code("""
 # NBVAL_IGNORE_OUTPUT
 gemv.print_gemv(gemv.run(model))
 """),
     md("""
-Same bytes, same arithmetic, different speed: the product is memory-bound, so only the *streaming* differs.
-With that kernel under it, kvlab's batch-1 decode against HF transformers' `generate` on the same GGUF weights,
-the same prompt, in this same process (runs alternate), tokens compared one by one:
+**Float32:** same bytes, same arithmetic, different speed. The product is memory-bound, so only the
+*streaming* differs. **Blocks:** 5.6× fewer bytes, but not 5.6× faster. Their GB/s is well under the copy roof:
+on a few CPU cores, unpacking the 4-bit numbers is now the limit, work that the FLOP count does not even
+include. A GPU has far more arithmetic per byte of bandwidth, so there the same trick stays bandwidth-bound.
+That is why quantized weights are the standard way to speed up decode.
+
+Now whole generations, three engines: HF transformers' `generate`, kvlab reading the float32 weights, and kvlab
+reading the blocks (its default on a CPU). They use the same prompt in this same process, with runs alternating,
+and every engine's tokens are compared one by one with HF's:
 """),
     code("""
 # NBVAL_IGNORE_OUTPUT
@@ -162,6 +178,7 @@ if gpu or not COMPARE_WITH_HF:
 else:
     from kvlab.bench.versus_hf import compare_with_hf, print_comparison
 
+    model.decode_reads_blocks = model.can_read_blocks  # back to kvlab's CPU default for the comparison
     versus = compare_with_hf(model, tokenizer, "The history of the printing press", new_tokens=HF_TOKENS, runs=3)
     print_comparison(versus)
 """),
@@ -195,12 +212,13 @@ check_number("FLOP per weight byte, batch-1 decode, float32", answer_1, 0.5, 0.0
              "each weight (4 bytes) is used once: one multiply and one add = 2 FLOP per 4 bytes.")
 """),
     md("""
-**2.** Using the bandwidth roof measured in section 1 and `model.weight_bytes()`, what is the fastest batch-1 decode
-could possibly run on this machine, in tokens per second? (`answer_2`; ignore the small K/V reads)
+**2.** Using the bandwidth roof measured in section 1 and the float32 weight bytes `model.dense_weight_bytes()`,
+what is the fastest batch-1 decode could possibly run on this machine reading float32 weights, in tokens per
+second? (`answer_2`; ignore the small K/V reads)
 """),
     code("""
 answer_2 = None
-check_number("bandwidth bound on batch-1 decode, tokens/s", answer_2, roofs.copy.gb_per_s * 1e9 / model.weight_bytes(),
+check_number("bandwidth bound on batch-1 decode, tokens/s", answer_2, roofs.copy.gb_per_s * 1e9 / model.dense_weight_bytes(),
              0.1, "every step reads every weight once: bandwidth ÷ weight bytes per step.")
 """),
     md("""
@@ -215,7 +233,17 @@ check_number("batch at which decode reaches the ridge", answer_3, roofs.ridge_fl
              "the ridge point. Past it, a bigger batch costs time — before it, it is almost free.")
 """),
     md("""
-**4.** (Think, then measure it in the lab.) Decode attention's points do not move right when you raise the batch,
+**4.** A Q4_1 block holds 32 weights in 20 bytes. How many FLOP per byte of weights does batch-1 decode do when it
+reads those blocks instead of float32? (`answer_4`)
+"""),
+    code("""
+answer_4 = None
+check_number("FLOP per weight byte, batch-1 decode, Q4_1 blocks", answer_4, 2 * 32 / 20, 0.05,
+             "32 weights × 2 FLOP per 20 bytes = 3.2: 6.4× question 1's — close to this CPU's ridge point, which is "
+             "why unpacking the blocks, not the memory, limits the blocks kernel here.")
+"""),
+    md("""
+**5.** (Think, then measure it in the lab.) Decode attention's points do not move right when you raise the batch,
 unlike the decode step's. Why not — and what would have to change in the model for them to move right? (Hint:
 notebook 07.)
 
