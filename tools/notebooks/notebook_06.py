@@ -250,12 +250,14 @@ notebook 07.)
 ## What we saw
 * The roofs are measured, and every point is a timed step of the real model: decode sits on the bandwidth slope,
   prefill under the compute roof.
-* Per token, decode costs tens of times what prefill does — the same weights read for one token instead of many.
+* Per token, decode costs an order of magnitude more than prefill — the same weights read for one token instead
+  of many.
 * Batching is almost free for decode throughput until the intensity nears the ridge; it costs the first token.
-* At batch 1 the bound is bandwidth ÷ weight bytes. How close an engine gets is a question of streaming:
-  kvlab's kernel reads the same bytes about twice as fast as `F.linear`, and decodes the same tokens about
-  twice as fast as HF transformers on a CPU (1.9–2.4× over our runs on a shared 2-core EPYC; the comparison
-  above is this run's).
+* At batch 1 the bound is bandwidth ÷ weight bytes. An engine gets closer by streaming better: kvlab's kernel
+  reads the same float32 bytes 2–3× as fast as `F.linear`. Or it reads fewer bytes: the file's 4-bit blocks are
+  5.6× smaller, and then unpacking them is what limits a CPU. Against HF transformers, on the same tokens,
+  kvlab decoded 2.5–2.9× as fast on float32 weights and 4.2–4.5× as fast on the blocks. Those are our runs on
+  a shared 2-core EPYC; the comparison above is this run's.
 """),
 ]
 
