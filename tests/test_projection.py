@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import platform
 
 import pytest
 import torch
@@ -192,3 +193,21 @@ def test_gemv_bench_times_three_ways_and_counts_each_ones_bytes(model):
     assert ways["F.linear (MKL; what HF runs)"]["bytes"] == ways["kvlab cpu_gemv, float32"]["bytes"] == report["bytes"]
     assert ways["kvlab cpu_gemv, GGUF blocks"]["bytes"] == model.weight_bytes(rows=1) - model._norm_bytes()
     assert all(w["gb_s"] == pytest.approx(w["bytes"] / w["seconds"] / 1e9) for w in ways.values())
+
+
+@needs_kernel
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 instruction-set variants")
+@pytest.mark.parametrize("variant", [("-mno-avx512f",), ("-mno-avx512f", "-mno-avx2", "-mno-fma", "-mno-f16c")],
+                         ids=["avx2", "plain-c++"])
+def test_every_instruction_set_path_of_the_blocks_kernel_is_right(variant):
+    """This CPU picks one path (AVX-512, AVX2 or plain C++); build the others too and check them the same way."""
+    from kvlab.kernels.cpu_gemv import build_gemv
+
+    module = build_gemv(variant)  # ~30 s the first time, then cached
+    gen = torch.Generator().manual_seed(5)
+    for block_format, gemv in (("Q4_1", module.gemv_q4_1), ("Q8_0", module.gemv_q8_0)):
+        x, blocks = torch.randn(3, 96, generator=gen), quantize(torch.randn(11, 96, generator=gen), block_format)
+        torch.testing.assert_close(gemv(x, blocks), gemv_blocks_reference(x, blocks, block_format), rtol=1e-5, atol=1e-4)
+        assert torch.equal(gemv(torch.eye(96), blocks), dequantize_reference(blocks, block_format).t())
+    x, weight = torch.randn(2, 40, generator=gen), torch.randn(7, 40, generator=gen)
+    torch.testing.assert_close(module.gemv(x, weight), gemv_reference(x, weight), rtol=1e-5, atol=1e-4)

@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--context", type=int, help="gqa: context length (default: 2048 CPU, 16384 GPU)")
     parser.add_argument("--batch", type=int, help="gqa: batch size (default: 4 CPU, 8 GPU)")
     parser.add_argument("--block-size", type=int, default=16, help="decode, prefix: tokens per KV block")
+    parser.add_argument("--blocks", action="store_true",
+                        help="roofline: CPU decode reads the GGUF blocks (default: float32 weights, as notebook 06)")
     parser.add_argument("--windows", type=int, default=8, help="quant: perplexity windows of 256 tokens")
     parser.add_argument("--skip-accuracy", action="store_true", help="quant: kernel timings only")
     parser.add_argument("--no-save", action="store_true", help="decode, prefix, quant, versus-hf, roofline, gqa: print only, write no JSON")
@@ -98,6 +100,7 @@ def main(argv: list[str] | None = None) -> None:
             gqa.print_gqa(report)
         else:
             model, tokenizer = kvlab.load_model(device=args.device)
+            model.decode_reads_blocks = args.blocks and model.can_read_blocks
             batches, contexts, prompt_len = roofline.default_sizes(device)
             report = roofline.run(model, tokenizer, args.batches or batches, args.contexts or contexts,
                                   args.prompt_len or prompt_len, progress=True)

@@ -206,6 +206,7 @@ def run(model, tokenizer, batches: list[int], contexts: list[int], prompt_len: i
         if bar is not None:
             bar.close()
     return {"device": device_label(model.device), "date": time.strftime("%Y-%m-%d"), "dtype": str(model.dtype)[6:],
+            "decode_weights": "GGUF blocks" if model.decode_reads_blocks else str(model.dtype)[6:],
             "roofs": {"copy": asdict(roofs.copy), "matmul": asdict(roofs.matmul)},
             "points": [p.as_dict() for p in points], "batch_rows": rows}
 
@@ -225,7 +226,8 @@ def roofs_of(report: dict):
 def print_roofline(report: dict) -> None:
     roofs = roofs_of(report)
     print(f"{report['device']}, {report['dtype']}: copy {roofs.copy.gb_per_s:.1f} GB/s, {roofs.matmul.dtype} matmul "
-          f"{roofs.matmul.flops_per_s / 1e12:.3g} TFLOP/s, ridge {roofs.ridge_flop_per_byte:.1f} FLOP/byte")
+          f"{roofs.matmul.flops_per_s / 1e12:.3g} TFLOP/s, ridge {roofs.ridge_flop_per_byte:.1f} FLOP/byte; "
+          f"decode reads the {report.get('decode_weights', report['dtype'])} weights")
     print(f"{'step':<42} {'ms':>9} {'FLOP/B':>8} {'GFLOP/s':>9} {'GB/s':>7} {'ms/token':>9}")
     for p in points_of(report):
         print(f"{p.label:<42} {p.seconds * 1e3:>9.3f} {p.intensity:>8.2f} {p.flops_per_s / 1e9:>9.1f} "
