@@ -7,7 +7,9 @@ first measurement (batch 1: one prefill, one decode and one decode-attention poi
 screenshots the lab (test-artifacts/roofline_lab_before.png), moves the batch slider to 2 with the keyboard (focus
 its noUiSlider handle, ArrowRight, until the readout says 2) and presses measure, waits until the message describes
 batch 2 and the decode trace holds a second point labelled batch 2, screenshots again
-(test-artifacts/roofline_lab_after.png), and fails on any traceback.
+(test-artifacts/roofline_lab_after.png), then picks "GGUF blocks" on the weights toggle and measures once more: the
+new decode point must be labelled so and sit > 5× further right (test-artifacts/roofline_lab_blocks.png). It fails
+on any traceback.
 
 The plot's data is read from the DOM (the plotly div's `data`), so the check covers what the browser drew, not the
 kernel's copy of the figure. Every press of measure adds one point to each of the prefill, decode and attention
@@ -82,7 +84,7 @@ def _lab_state(page) -> dict:
             const plots = [...w.querySelectorAll('.js-plotly-plot')];
             const traces = {};
             for (const t of (plots[0] && plots[0].data) || []) {
-                traces[t.name] = {n: (t.x || []).length, text: (t.text || []).map(String)};
+                traces[t.name] = {n: (t.x || []).length, text: (t.text || []).map(String), x: [...(t.x || [])].map(Number)};
             }
             return {message: m ? m.innerText.trim() : null, readouts, plots: plots.length, traces};
         }""", [WIDGET, MESSAGE])
@@ -132,6 +134,20 @@ def _slide_to(page, slider, readout, target: str) -> int:
     if shown != target:
         pytest.fail(f"the slider's readout shows {shown!r}, not {target!r}, after {presses} key presses")
     return presses
+
+
+def _wait_for_blocks_point(page, decode_points: int) -> dict:
+    """The decode trace holds `decode_points` points, the last one a batch-AFTER_BATCH step on the GGUF blocks."""
+    deadline = time.monotonic() + CHANGE_TIMEOUT_S
+    while time.monotonic() < deadline:
+        now = _lab_state(page)
+        decode = now["traces"].get("decode", {"n": 0, "text": []})
+        if (decode["n"] == decode_points and "measuring" not in (now["message"] or "")
+                and decode["text"][-1].startswith(f"decode, batch {AFTER_BATCH}, context")
+                and "GGUF blocks" in decode["text"][-1]):
+            return now
+        time.sleep(0.25)
+    pytest.fail(f"no batch-{AFTER_BATCH} GGUF-blocks decode point within {CHANGE_TIMEOUT_S} s: {_describe(_lab_state(page))}")
 
 
 def _wait_for_batch(page, before: dict) -> dict:
@@ -205,3 +221,16 @@ def test_roofline_lab_measures_batch_2_chosen_on_its_own_slider_and_adds_the_poi
         assert after["readouts"].get("batch") == AFTER_BATCH, _describe(after)
         assert not error_outputs(page), "a widget callback raised:\n" + "\n\n".join(error_outputs(page))
         screenshot_widget(page, widget, ARTIFACTS / "roofline_lab_after.png")
+
+        # the weights toggle: the same batch-2 decode step reading the file's 4-bit blocks lands further right
+        blocks = widget.locator("button.widget-toggle-button").filter(has_text=re.compile(r"^\s*GGUF blocks\s*$"))
+        assert blocks.count() == 1, "no 'GGUF blocks' toggle in the lab (the notebook runs on a CPU)"
+        blocks.click()
+        time.sleep(0.5)  # the toggle's value reaches the kernel before the click
+        measure.click()
+        third = _wait_for_blocks_point(page, _points(after, "decode") + 1)
+        xs = third["traces"]["decode"]["x"]
+        assert xs[-1] > 5 * xs[-2], f"a blocks decode step should have > 5x the float32 one's FLOP/byte: {xs}"
+        assert "GGUF blocks" in third["message"], _describe(third)
+        assert not error_outputs(page), "a widget callback raised:\n" + "\n\n".join(error_outputs(page))
+        screenshot_widget(page, widget, ARTIFACTS / "roofline_lab_blocks.png")

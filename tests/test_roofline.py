@@ -84,3 +84,23 @@ def test_roofline_lab_adds_three_measured_points_per_press(model):
     assert "FLOP/byte" in lab.message.value
     lab.reset()
     assert lab.points == [] and [t.name for t in lab.figure.data] == ["roofline (measured)"]
+
+
+def test_roofline_lab_weights_toggle_measures_the_blocks_and_leaves_the_model_as_it_was(model):
+    from kvlab.viz.roofline_widget import roofline_lab
+
+    assert model.decode_reads_blocks  # the model's default; the lab starts on float32 and must not change it
+    lab = roofline_lab(model, device_roofs(model.device), batches=(1,), contexts=(16,), prompt_lens=(8,),
+                       batch=1, context=16, prompt_len=8)
+    float32 = {p.kind: p for p in lab.points}
+    lab.weights.value = "GGUF blocks"
+    blocks = {p.kind: p for p in lab.measure()}
+    assert model.decode_reads_blocks
+    assert float32["decode"].weights == "" and blocks["decode"].weights == "GGUF blocks"
+    assert blocks["decode"].label == "decode, batch 1, context 16, GGUF blocks"
+    assert blocks["prefill"].weights == "GGUF blocks"  # 8 rows: a short prefill runs the kernel too
+    assert blocks["decode"].flops == float32["decode"].flops
+    assert blocks["decode"].intensity > 5 * float32["decode"].intensity  # same FLOP, 5.6× fewer bytes
+    decode_trace = next(t for t in lab.figure.data if t.name == "decode")
+    assert list(decode_trace.customdata) == ["B1", "B1 4-bit"] and decode_trace.mode == "markers+text"
+    assert lab.figure.layout.width == 900

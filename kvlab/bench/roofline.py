@@ -38,6 +38,7 @@ class Point:
     flops: float
     bytes: float
     seconds: float
+    weights: str = ""  # "GGUF blocks" when the step's layers read the file's 4-/8-bit blocks, else "" (the dtype)
 
     @property
     def intensity(self) -> float:
@@ -88,6 +89,15 @@ def step_bytes(model, cache: ContiguousCache, batch: int, cached: int, new: int)
     return model.weight_bytes(rows=batch * new, head_rows=batch) + batch * (cached + new) * per_token + batch * new * per_token
 
 
+def _weights_read(model, rows: int) -> str:
+    """"GGUF blocks" when products of `rows` rows read the blocks (kvlab.model.projection), else ""."""
+    return "GGUF blocks" if any(p.reads_blocks and p.uses_kernel(rows) for p in model.layer_projections()) else ""
+
+
+def _label(text: str, weights: str) -> str:
+    return f"{text}, {weights}" if weights else text
+
+
 def _token_ids(model, batch: int, length: int, seed: int) -> list[list[int]]:
     g = torch.Generator().manual_seed(seed)  # the values do not change the time; a fixed seed keeps runs alike
     return torch.randint(3, model.config.vocab_size, (batch, length), generator=g).tolist()
@@ -118,8 +128,10 @@ def measure_prefill(model, batch: int, prompt_len: int, repeats: int = 3) -> Poi
 
     with torch.inference_mode():
         seconds = median_seconds(prefill, model.device, warmup=1, repeats=repeats)
-    return Point(f"prefill, batch {batch}, {prompt_len} tokens", "prefill", batch, prompt_len, prompt_len,
-                 step_flops(model, batch, 0, prompt_len), step_bytes(model, cache, batch, 0, prompt_len), seconds)
+    weights = _weights_read(model, batch * prompt_len)
+    return Point(_label(f"prefill, batch {batch}, {prompt_len} tokens", weights), "prefill", batch, prompt_len,
+                 prompt_len, step_flops(model, batch, 0, prompt_len), step_bytes(model, cache, batch, 0, prompt_len),
+                 seconds, weights)
 
 
 def measure_decode(model, batch: int, context: int, repeats: int = 5) -> Point:
@@ -144,8 +156,9 @@ def measure_decode(model, batch: int, context: int, repeats: int = 5) -> Point:
 
         seconds = median_seconds(decode_step, model.device, warmup=1, repeats=repeats)
     mid = context + steps // 2  # the context the timed steps attended over, on average
-    return Point(f"decode, batch {batch}, context {context}", "decode", batch, 1, mid,
-                 step_flops(model, batch, mid - 1, 1), step_bytes(model, cache, batch, mid - 1, 1), seconds)
+    weights = _weights_read(model, batch)
+    return Point(_label(f"decode, batch {batch}, context {context}", weights), "decode", batch, 1, mid,
+                 step_flops(model, batch, mid - 1, 1), step_bytes(model, cache, batch, mid - 1, 1), seconds, weights)
 
 
 def measure_attention(model, batch: int, context: int, block_size: int = 16) -> Point:

@@ -16,8 +16,16 @@ def duration(seconds: float) -> str:
 KIND_STYLE = {"prefill": ("#d62728", "square"), "decode": ("#1f77b4", "circle"), "attention": ("#2ca02c", "diamond")}
 
 
-def roofline_figure(roofs, points: list, title: str = "") -> go.Figure:
-    """Achieved FLOP/s against arithmetic intensity, log-log, under min(compute roof, intensity × bandwidth)."""
+def short_label(point) -> str:
+    """A few characters beside a point: B = batch, T = prompt tokens, ctx = context; "4-bit" for GGUF blocks.
+    (A decode step's time hardly depends on a short context, so its label leaves it out: hover for it.)"""
+    size = {"prefill": f" T{point.tokens}", "attention": f" ctx{point.context}"}.get(point.kind, "")
+    return f"B{point.batch}{size}" + (" 4-bit" if point.weights else "")
+
+
+def roofline_figure(roofs, points: list, title: str = "", labels: bool = False) -> go.Figure:
+    """Achieved FLOP/s against arithmetic intensity, log-log, under min(compute roof, intensity × bandwidth).
+    labels: write a short label beside every point (the lab does; hovering gives the full one anyway)."""
     bandwidth = roofs.copy.gb_per_s * 1e9
     peak = roofs.matmul.flops_per_s
     intensities = [p.intensity for p in points] or [roofs.ridge_flop_per_byte]
@@ -34,7 +42,9 @@ def roofline_figure(roofs, points: list, title: str = "") -> go.Figure:
         if not chosen:
             continue
         fig.add_trace(go.Scatter(
-            x=[p.intensity for p in chosen], y=[p.flops_per_s for p in chosen], mode="markers", name=kind,
+            x=[p.intensity for p in chosen], y=[p.flops_per_s for p in chosen], name=kind,
+            mode="markers+text" if labels else "markers", customdata=[short_label(p) for p in chosen],
+            texttemplate="%{customdata}", textposition="top center", textfont=dict(size=10, color=colour),
             marker=dict(color=colour, symbol=symbol, size=11, line=dict(color="white", width=1)),
             text=[f"{p.label}<br>{duration(p.seconds)} · {p.gb_per_s:.1f} GB/s · {p.flops_per_s / 1e9:.1f} GFLOP/s"
                   for p in chosen],

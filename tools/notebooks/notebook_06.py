@@ -132,6 +132,10 @@ batch_tradeoff_figure(report["batch_rows"]).show()
 Choose a batch, a decode context and a prompt length and press **measure**: the lab times a prefill step, a
 decode step and decode attention alone at those sizes on this device and adds the three points to the plot.
 Earlier points stay, so a few presses draw your own sweep. (On a CPU one press takes a few seconds.)
+
+On a CPU the **weights** toggle picks what the steps read: the float32 weights, or the GGUF file's 4-bit
+blocks (section 7 explains them). Measure the same decode step both ways. The FLOP are the same, the bytes 5.6×
+fewer, so the point moves right: does it move up as much?
 """),
     code("""
 # NBVAL_IGNORE_OUTPUT
