@@ -260,7 +260,7 @@ notebook 07.)
 * At batch 1 the bound is bandwidth ÷ weight bytes. An engine gets closer by streaming better: kvlab's kernel
   reads the same float32 bytes 2–3× as fast as `F.linear`. Or it reads fewer bytes: the file's 4-bit blocks are
   5.6× smaller, and then unpacking them is what limits a CPU. Against HF transformers, on the same tokens,
-  kvlab decoded 2.5–2.9× as fast on float32 weights and 4.2–4.5× as fast on the blocks. Those are our runs on
+  kvlab decoded 2.4–2.9× as fast on float32 weights and 4.2–4.8× as fast on the blocks. Those are our runs on
   a shared 2-core EPYC; the comparison above is this run's.
 """),
 ]
