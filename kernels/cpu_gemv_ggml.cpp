@@ -37,9 +37,33 @@ inline float fp16_at(const uint8_t* p) {
 #endif
 }
 
+// The vector registers this build has: 16 float lanes (AVX-512), 8 (AVX2 + FMA), or none (plain C++ loops).
+#if defined(__AVX512F__)
+#define KVLAB_SIMD 1
+struct Simd {
+  using V = __m512;
+  static constexpr int kLanes = 16;
+  static V zero() { return _mm512_setzero_ps(); }
+  static V load(const float* p) { return _mm512_loadu_ps(p); }
+  static V fmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
+};
+#elif defined(__AVX2__) && defined(__FMA__)
+#define KVLAB_SIMD 1
+struct Simd {
+  using V = __m256;
+  static constexpr int kLanes = 8;
+  static V zero() { return _mm256_setzero_ps(); }
+  static V load(const float* p) { return _mm256_loadu_ps(p); }
+  static V fmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+};
+#endif
+
+// Each format: decode(block, w[32]) in plain C++, and decode_simd(block, w[32 / lanes]) with this build's vectors.
 struct Q4_1 {
   static constexpr int64_t kBytes = 20;
-  static inline void decode(const uint8_t* block, float* w) {  // w[32]
+  static inline void decode(const uint8_t* block, float* w) {
     const float d = fp16_at(block), m = fp16_at(block + 2);
     const uint8_t* q = block + 4;
     for (int j = 0; j < 16; ++j) {
@@ -49,17 +73,16 @@ struct Q4_1 {
   }
 #if defined(__AVX512F__)
   // The 16 values a block's weights can take, d·q + m for q = 0..15, then one lookup per weight.
-  static inline void decode_avx512(const uint8_t* block, __m512* w) {  // w[2]: weights 0-15, 16-31
-    const __m512 values = _mm512_fmadd_ps(_mm512_set1_ps(fp16_at(block)), _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                          _mm512_set1_ps(fp16_at(block + 2)));
+  static inline void decode_simd(const uint8_t* block, __m512* w) {  // w[2]: weights 0-15, 16-31
+    const __m512 q_values = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512 values = _mm512_fmadd_ps(_mm512_set1_ps(fp16_at(block)), q_values, _mm512_set1_ps(fp16_at(block + 2)));
     const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(block + 4));
     const __m128i nibble = _mm_set1_epi8(0x0F);
     w[0] = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_and_si128(q, nibble)), values);
     w[1] = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(q, 4), nibble)), values);
   }
-#endif
-#if defined(__AVX2__) && defined(__FMA__)
-  static inline void decode_avx2(const uint8_t* block, __m256* w) {  // w[4]: weights 0-7, 8-15, 16-23, 24-31
+#elif defined(KVLAB_SIMD)
+  static inline void decode_simd(const uint8_t* block, __m256* w) {  // w[4]: weights 0-7, 8-15, 16-23, 24-31
     const __m256 d = _mm256_set1_ps(fp16_at(block)), m = _mm256_set1_ps(fp16_at(block + 2));
     const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(block + 4));
     const __m128i nibble = _mm_set1_epi8(0x0F);
@@ -72,22 +95,21 @@ struct Q4_1 {
 
 struct Q8_0 {
   static constexpr int64_t kBytes = 34;
-  static inline void decode(const uint8_t* block, float* w) {  // w[32]
+  static inline void decode(const uint8_t* block, float* w) {
     const float d = fp16_at(block);
     const int8_t* q = reinterpret_cast<const int8_t*>(block + 2);
     for (int j = 0; j < 32; ++j) w[j] = d * static_cast<float>(q[j]);
   }
 #if defined(__AVX512F__)
-  static inline void decode_avx512(const uint8_t* block, __m512* w) {  // w[2]: weights 0-15, 16-31
+  static inline void decode_simd(const uint8_t* block, __m512* w) {  // w[2]: weights 0-15, 16-31
     const __m512 d = _mm512_set1_ps(fp16_at(block));
     for (int i = 0; i < 2; ++i) {
       const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(block + 2 + 16 * i));
       w[i] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)));
     }
   }
-#endif
-#if defined(__AVX2__) && defined(__FMA__)
-  static inline void decode_avx2(const uint8_t* block, __m256* w) {  // w[4]: weights 0-7, 8-15, 16-23, 24-31
+#elif defined(KVLAB_SIMD)
+  static inline void decode_simd(const uint8_t* block, __m256* w) {  // w[4]: weights 0-7, 8-15, 16-23, 24-31
     const __m256 d = _mm256_set1_ps(fp16_at(block));
     for (int i = 0; i < 4; ++i) {
       const __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(block + 2 + 8 * i));
@@ -101,59 +123,39 @@ struct Q8_0 {
 // 32 partial sums per x row, summed in a fixed order: the result does not depend on the thread count.
 template <class Format, int MB>
 inline void dot_row(const uint8_t* row, const float* __restrict x, int64_t K, float* out, int64_t out_stride) {
-#if defined(__AVX512F__)
-  __m512 partial[MB][2];
-  for (int m = 0; m < MB; ++m) partial[m][0] = partial[m][1] = _mm512_setzero_ps();
-  for (int64_t b = 0; b < K / kBlock; ++b) {
-    __m512 w[2];  // the block's 32 weights, float32
-    Format::decode_avx512(row + b * Format::kBytes, w);
-    for (int m = 0; m < MB; ++m) {
-      const float* xb = x + m * K + b * kBlock;
-      for (int i = 0; i < 2; ++i) partial[m][i] = _mm512_fmadd_ps(w[i], _mm512_loadu_ps(xb + 16 * i), partial[m][i]);
-    }
-  }
-  for (int m = 0; m < MB; ++m) {
-    alignas(64) float lanes[kBlock];
-    for (int i = 0; i < 2; ++i) _mm512_store_ps(lanes + 16 * i, partial[m][i]);
-    float sum = 0.f;
-    for (int j = 0; j < kBlock; ++j) sum += lanes[j];
-    out[m * out_stride] = sum;
-  }
-#elif defined(__AVX2__) && defined(__FMA__)
-  __m256 partial[MB][4];
+  alignas(64) float lanes[MB][kBlock];
+#if defined(KVLAB_SIMD)
+  constexpr int kVectors = kBlock / Simd::kLanes;
+  typename Simd::V partial[MB][kVectors];
   for (int m = 0; m < MB; ++m)
-    for (int i = 0; i < 4; ++i) partial[m][i] = _mm256_setzero_ps();
+    for (int i = 0; i < kVectors; ++i) partial[m][i] = Simd::zero();
   for (int64_t b = 0; b < K / kBlock; ++b) {
-    __m256 w[4];  // the block's 32 weights, float32
-    Format::decode_avx2(row + b * Format::kBytes, w);
+    typename Simd::V w[kVectors];  // the block's 32 weights, float32
+    Format::decode_simd(row + b * Format::kBytes, w);
     for (int m = 0; m < MB; ++m) {
       const float* xb = x + m * K + b * kBlock;
-      for (int i = 0; i < 4; ++i) partial[m][i] = _mm256_fmadd_ps(w[i], _mm256_loadu_ps(xb + 8 * i), partial[m][i]);
+      for (int i = 0; i < kVectors; ++i) partial[m][i] = Simd::fmadd(w[i], Simd::load(xb + Simd::kLanes * i), partial[m][i]);
     }
   }
-  for (int m = 0; m < MB; ++m) {
-    alignas(32) float lanes[kBlock];
-    for (int i = 0; i < 4; ++i) _mm256_store_ps(lanes + 8 * i, partial[m][i]);
-    float sum = 0.f;
-    for (int j = 0; j < kBlock; ++j) sum += lanes[j];
-    out[m * out_stride] = sum;
-  }
+  for (int m = 0; m < MB; ++m)
+    for (int i = 0; i < kVectors; ++i) Simd::store(lanes[m] + Simd::kLanes * i, partial[m][i]);
 #else
-  float partial[MB][kBlock] = {};
+  for (int m = 0; m < MB; ++m)
+    for (int j = 0; j < kBlock; ++j) lanes[m][j] = 0.f;
   float w[kBlock];
   for (int64_t b = 0; b < K / kBlock; ++b) {
     Format::decode(row + b * Format::kBytes, w);
     for (int m = 0; m < MB; ++m) {
       const float* xb = x + m * K + b * kBlock;
-      for (int j = 0; j < kBlock; ++j) partial[m][j] += w[j] * xb[j];
+      for (int j = 0; j < kBlock; ++j) lanes[m][j] += w[j] * xb[j];
     }
   }
+#endif
   for (int m = 0; m < MB; ++m) {
     float sum = 0.f;
-    for (int j = 0; j < kBlock; ++j) sum += partial[m][j];
+    for (int j = 0; j < kBlock; ++j) sum += lanes[m][j];
     out[m * out_stride] = sum;
   }
-#endif
 }
 
 template <class Format>
