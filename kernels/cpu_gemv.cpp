@@ -69,9 +69,11 @@ torch::Tensor gemv(const torch::Tensor& x, const torch::Tensor& w) {
 // cpu_gemv_ggml.cpp: the same product reading the GGUF file's own Q4_1 / Q8_0 blocks.
 torch::Tensor gemv_q4_1(const torch::Tensor& x, const torch::Tensor& blocks);
 torch::Tensor gemv_q8_0(const torch::Tensor& x, const torch::Tensor& blocks);
+std::string blocks_simd_path();
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gemv", &gemv, "y = x @ w.T: x [M, K], w [N, K], float32 on the CPU");
   m.def("gemv_q4_1", &gemv_q4_1, "y = x @ W.T, W as GGML Q4_1 blocks [N, K/32*20] uint8; x [M, K] float32");
   m.def("gemv_q8_0", &gemv_q8_0, "y = x @ W.T, W as GGML Q8_0 blocks [N, K/32*34] uint8; x [M, K] float32");
+  m.def("blocks_simd_path", &blocks_simd_path, "the vector code this build's block kernels use: avx512, avx2, plain");
 }

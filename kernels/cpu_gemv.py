@@ -42,7 +42,10 @@ def gemv_reference(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 # -fopenmp: at::parallel_for is inline, and splits the rows across threads only when the extension is compiled
 # with OpenMP (without it, it runs them all on one thread). The extension then uses the libgomp torch has
 # already loaded (same soname), so torch's ops and this kernel share one thread pool.
-COMPILE_FLAGS = ["-O3", "-fopenmp", "-march=native" if platform.machine() in ("x86_64", "AMD64") else "-mcpu=native"]
+# -fvisibility=hidden: two builds loaded at once (the tests load the AVX2 and plain variants) cannot bind to each
+# other's functions.
+COMPILE_FLAGS = ["-O3", "-fopenmp", "-fvisibility=hidden",
+                 "-march=native" if platform.machine() in ("x86_64", "AMD64") else "-mcpu=native"]
 LINK_FLAGS = ["-fopenmp"]
 
 

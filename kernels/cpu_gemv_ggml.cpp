@@ -193,6 +193,16 @@ torch::Tensor gemv_blocks(const torch::Tensor& x, const torch::Tensor& blocks, c
 
 }  // namespace
 
+std::string blocks_simd_path() {
+#if defined(__AVX512F__)
+  return "avx512";
+#elif defined(KVLAB_SIMD)
+  return "avx2";
+#else
+  return "plain";
+#endif
+}
+
 torch::Tensor gemv_q4_1(const torch::Tensor& x, const torch::Tensor& blocks) {
   return gemv_blocks<Q4_1>(x, blocks, "gemv_q4_1");
 }

@@ -166,9 +166,13 @@ def test_stats_count_prefill_and_decode_steps(request, which):
 
 
 def test_a_cached_decode_step_reads_the_weights_once_as_the_files_blocks(ragged_contiguous, model):
-    stats = ragged_contiguous.stats  # 2 rows a step: the CPU kernel on the GGUF blocks
+    stats = ragged_contiguous.stats  # 2 rows a step: the CPU kernel on the GGUF blocks (where it built)
     assert stats.weight_bytes_read_per_step == [model.weight_bytes(rows=2)] * (NEW - 1)
-    assert 90e6 < stats.weight_bytes_per_step < 100e6 < 500e6 < model.dense_weight_bytes() < 600e6
+    assert 500e6 < model.dense_weight_bytes() < 600e6
+    if model.can_read_blocks:
+        assert 90e6 < stats.weight_bytes_per_step < 100e6
+    else:  # KVLAB_CPU_GEMV=0 or no compiler: float32 through F.linear
+        assert stats.weight_bytes_per_step == model.dense_weight_bytes()
 
 
 def test_a_recomputing_step_reads_the_float32_weights_for_its_layers(ragged_none, model):

@@ -50,6 +50,9 @@ def test_cached_weights_load_equal_to_a_cold_load_from_gguf(tmp_path, monkeypatc
     for a, b in [(warm.embed, cold.embed), (warm.layers[7].wqkv.weight, cold.layers[7].wqkv.weight),
                  (warm.layers[29].w_down.weight, cold.layers[29].w_down.weight)]:
         assert torch.equal(a, b)
+    for a, b in [(warm.layers[7].wqkv, cold.layers[7].wqkv), (warm.lm_head, cold.lm_head)]:  # the GGUF blocks too
+        assert a.block_format == b.block_format and (a.blocks is None) == (b.blocks is None)
+        assert a.blocks is None or torch.equal(a.blocks, b.blocks)
     assert warm_tokenizer.encode("Hello, KV cache!") == kvlab.load_model(device="cpu", use_cache=False)[1].encode("Hello, KV cache!")
 
 

@@ -148,16 +148,17 @@ def test_gemv_blocks_bytes_count_every_block_once():
 @needs_kernel
 @pytest.mark.parametrize("rows", [1, 3, GEMV_MAX_ROWS, GEMV_MAX_ROWS + 1])
 def test_projection_with_blocks_reads_them_up_to_the_row_threshold(rows):
-    weight = torch.randn(40, 64, generator=torch.Generator().manual_seed(rows))
-    blocks = quantize(weight, "Q4_1")
-    dequantized = dequantize_reference(blocks, "Q4_1")
-    projection = Projection(dequantized, blocks=blocks, block_format="Q4_1")
+    blocks = quantize(torch.randn(40, 64, generator=torch.Generator().manual_seed(rows)), "Q4_1")
+    from_blocks = dequantize_reference(blocks, "Q4_1")
+    # a float32 weight that is NOT the blocks' weights, so the result shows which of the two was read
+    projection = Projection(from_blocks + 1.0, blocks=blocks, block_format="Q4_1")
     x = torch.randn(rows, 64)
-    torch.testing.assert_close(projection(x), F.linear(x, dequantized), rtol=1e-5, atol=1e-4)
+    read = from_blocks if rows <= GEMV_MAX_ROWS else from_blocks + 1.0
+    torch.testing.assert_close(projection(x), F.linear(x, read), rtol=1e-5, atol=1e-4)
     assert projection.nbytes_read(rows) == (40 * 40 if rows <= GEMV_MAX_ROWS else 40 * 64 * 4)
-    projection.read_blocks = False  # the float32 weight instead: same weights, 6.4× the bytes
+    projection.read_blocks = False  # the float32 weight on both sides of the threshold, 6.4× the bytes
+    torch.testing.assert_close(projection(x), F.linear(x, from_blocks + 1.0), rtol=1e-5, atol=1e-4)
     assert projection.nbytes_read(rows) == 40 * 64 * 4
-    torch.testing.assert_close(projection(x), F.linear(x, dequantized), rtol=1e-5, atol=1e-4)
 
 
 @needs_kernel
@@ -168,7 +169,20 @@ def test_the_models_blocks_are_its_float32_weights_bit_for_bit(model):
         assert torch.equal(dequantize_reference(projection.blocks, projection.block_format), projection.weight)
     assert {model.layers[0].wqkv.block_format, model.lm_head.block_format} == {"Q4_1", "Q8_0"}
     assert 96_000_000 < model.weight_bytes(rows=1) < 98_000_000  # what a batch-1 decode step reads
-    assert model.weight_bytes(rows=GEMV_MAX_ROWS + 1) == model.dense_weight_bytes()  # a prefill reads float32
+    # more rows than the kernel takes, through the layers and the lm_head (every position's logits): float32
+    assert model.weight_bytes(rows=GEMV_MAX_ROWS + 1) == model.dense_weight_bytes()
+
+
+@needs_kernel
+def test_a_bf16_model_keeps_no_blocks():
+    from kvlab.model.loading import load_model
+
+    model, _ = load_model(device="cpu", dtype=torch.bfloat16)
+    assert not model.can_read_blocks and not model.decode_reads_blocks
+    assert model.weight_bytes(rows=1) == model.dense_weight_bytes()  # bf16: F.linear, 2 bytes a weight
+    model.decode_reads_blocks = False  # allowed: nothing to switch
+    with pytest.raises(ValueError, match="decode_reads_blocks=True"):
+        model.decode_reads_blocks = True
 
 
 @needs_kernel
@@ -176,7 +190,7 @@ def test_decode_reads_blocks_switches_every_projection(model):
     assert model.decode_reads_blocks
     try:
         model.decode_reads_blocks = False
-        assert not any(p.reads_blocks for p in model.layer_projections() + [model.lm_head])
+        assert not any(p.reads_blocks for p in model.projections())
         assert model.weight_bytes(rows=1) == model.dense_weight_bytes()
     finally:
         model.decode_reads_blocks = True
@@ -191,19 +205,21 @@ def test_gemv_bench_times_three_ways_and_counts_each_ones_bytes(model):
     ways = report["ways"]
     assert list(ways) == ["F.linear (MKL; what HF runs)", "kvlab cpu_gemv, float32", "kvlab cpu_gemv, GGUF blocks"]
     assert ways["F.linear (MKL; what HF runs)"]["bytes"] == ways["kvlab cpu_gemv, float32"]["bytes"] == report["bytes"]
-    assert ways["kvlab cpu_gemv, GGUF blocks"]["bytes"] == model.weight_bytes(rows=1) - model._norm_bytes()
+    assert ways["kvlab cpu_gemv, GGUF blocks"]["bytes"] == model.weight_bytes(rows=1) - model.norm_weight_bytes()
     assert all(w["gb_s"] == pytest.approx(w["bytes"] / w["seconds"] / 1e9) for w in ways.values())
 
 
 @needs_kernel
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 instruction-set variants")
-@pytest.mark.parametrize("variant", [("-mno-avx512f",), ("-mno-avx512f", "-mno-avx2", "-mno-fma", "-mno-f16c")],
+@pytest.mark.parametrize("variant, path", [(("-mno-avx512f",), "avx2"),
+                                           (("-mno-avx512f", "-mno-avx2", "-mno-fma", "-mno-f16c"), "plain")],
                          ids=["avx2", "plain-c++"])
-def test_every_instruction_set_path_of_the_blocks_kernel_is_right(variant):
+def test_every_instruction_set_path_of_the_blocks_kernel_is_right(variant, path):
     """This CPU picks one path (AVX-512, AVX2 or plain C++); build the others too and check them the same way."""
     from kvlab.kernels.cpu_gemv import build_gemv
 
     module = build_gemv(variant)  # ~30 s the first time, then cached
+    assert module.blocks_simd_path() == path
     gen = torch.Generator().manual_seed(5)
     for block_format, gemv in (("Q4_1", module.gemv_q4_1), ("Q8_0", module.gemv_q8_0)):
         x, blocks = torch.randn(3, 96, generator=gen), quantize(torch.randn(11, 96, generator=gen), block_format)

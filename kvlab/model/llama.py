@@ -74,40 +74,46 @@ class LlamaModel:
         """Every layer's weight matrices in forward order (QKV, output, gate-up, down), the lm_head not included."""
         return [p for layer in self.layers for p in (layer.wqkv, layer.wo, layer.w_gate_up, layer.w_down)]
 
-    @property
-    def decode_reads_blocks(self) -> bool:
-        """True when CPU decode steps read the GGUF file's 4-/8-bit blocks (the default where the kernel built);
-        set it False to read the float32 weights instead, as HF transformers does. Same weights, same tokens."""
-        return any(p.reads_blocks for p in self.layer_projections() + [self.lm_head])
+    def projections(self) -> list[Projection]:
+        """layer_projections() and the lm_head: every matrix a forward pass multiplies by."""
+        return self.layer_projections() + [self.lm_head]
 
     @property
     def can_read_blocks(self) -> bool:
-        """Every weight has its GGUF blocks and the CPU kernel is built (float32 on a CPU)."""
-        return all(p.blocks is not None for p in self.layer_projections() + [self.lm_head])
+        """Some weights have their GGUF blocks and the CPU kernel is built (float32 on a CPU; for SmolLM2, all)."""
+        return any(p.blocks is not None for p in self.projections())
+
+    @property
+    def decode_reads_blocks(self) -> bool:
+        """True when products of up to GEMV_MAX_ROWS rows (decode, short prefills) on a CPU read the GGUF file's
+        4-/8-bit blocks: the default where the kernel built. Set it False to read the float32 weights instead,
+        as HF transformers does. Same weights, same tokens. Only weights that have blocks are switched."""
+        return any(p.reads_blocks for p in self.projections())
 
     @decode_reads_blocks.setter
     def decode_reads_blocks(self, value: bool) -> None:
-        projections = self.layer_projections() + [self.lm_head]
         if value and not self.can_read_blocks:
-            raise ValueError("decode_reads_blocks=True needs every weight's GGUF blocks and the compiled CPU kernel; "
+            raise ValueError("decode_reads_blocks=True needs the weights' GGUF blocks and the compiled CPU kernel; "
                              "this model has none (loaded on CUDA, in another dtype, or the kernel did not build)")
-        for p in projections:
+        for p in self.projections():
             p.read_blocks = bool(value)
 
     def weight_bytes(self, rows: int = 1, head_rows: int | None = None) -> int:
         """Bytes of weights one forward pass reads (the embedding row lookup aside: the lm_head read) when `rows`
-        token rows pass through the layers and `head_rows` (default: rows) through the lm_head.
-        On a CPU a decode step (a few rows) reads the GGUF file's 4-/8-bit blocks, a prefill the float32 weights."""
+        token rows pass through the layers and `head_rows` through the lm_head (default: rows, as when every
+        position's logits are computed; a generation step computes one row per sequence).
+        On a CPU, products of up to GEMV_MAX_ROWS rows read the GGUF file's blocks, longer ones float32."""
         head_rows = rows if head_rows is None else head_rows
-        return (self._norm_bytes() + sum(p.nbytes_read(rows) for p in self.layer_projections())
+        return (self.norm_weight_bytes() + sum(p.nbytes_read(rows) for p in self.layer_projections())
                 + self.lm_head.nbytes_read(head_rows))
 
     def dense_weight_bytes(self) -> int:
         """Bytes of weights a forward pass reads in the working dtype (float32 on a CPU): what F.linear reads,
         and what HF transformers reads at every step after dequantizing the GGUF file at load."""
-        return self._norm_bytes() + sum(p.numel() * p.element_size() for p in self.layer_projections() + [self.lm_head])
+        return self.norm_weight_bytes() + sum(p.numel() * p.element_size() for p in self.projections())
 
-    def _norm_bytes(self) -> int:
+    def norm_weight_bytes(self) -> int:
+        """The RMSNorm weights: read by every forward pass, in the working dtype."""
         norms = [self.final_norm] + [n for layer in self.layers for n in (layer.attn_norm, layer.ffn_norm)]
         return sum(n.numel() * n.element_size() for n in norms)
 

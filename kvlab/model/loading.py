@@ -164,5 +164,8 @@ def _write_cache(cache_path: pathlib.Path, config: LlamaConfig, tokenizer: Token
         torch.save({"config": dataclasses.asdict(config), "tokenizer": tokenizer.to_state(), "weights": weights,
                     "blocks": blocks}, tmp)
         tmp.replace(cache_path)
+        for older in cache_path.parent.glob(f"{cache_path.name.rsplit('-', 1)[0]}-*.pt"):  # other formats, old mtimes
+            if older != cache_path:
+                older.unlink(missing_ok=True)
     except OSError as err:  # a read-only home must not stop the lab
         print(f"kvlab: could not write the weights cache at {cache_path}: {err}")

@@ -17,10 +17,10 @@ KIND_STYLE = {"prefill": ("#d62728", "square"), "decode": ("#1f77b4", "circle"),
 
 
 def short_label(point) -> str:
-    """A few characters beside a point: B = batch, T = prompt tokens, ctx = context; "4-bit" for GGUF blocks.
+    """A few characters beside a point: B = batch, T = prompt tokens, ctx = context; "blocks" for GGUF blocks.
     (A decode step's time hardly depends on a short context, so its label leaves it out: hover for it.)"""
     size = {"prefill": f" T{point.tokens}", "attention": f" ctx{point.context}"}.get(point.kind, "")
-    return f"B{point.batch}{size}" + (" 4-bit" if point.weights else "")
+    return f"B{point.batch}{size}" + (" blocks" if point.weights else "")
 
 
 def roofline_figure(roofs, points: list, title: str = "", labels: bool = False) -> go.Figure:

@@ -3,7 +3,7 @@ prefill step, its decode step and decode attention alone land under this device'
 
 Every press measures three new points (kvlab.bench.roofline) and adds them to the plot; earlier presses stay,
 so a sweep builds up point by point. On a CPU a "weights" toggle picks what the steps read: the float32
-weights, or the GGUF file's 4-bit blocks (same weights, 5.6× fewer bytes: the decode point moves right).
+weights, or the GGUF file's 4-/8-bit blocks (same weights, 5.6× fewer bytes: the decode point moves right).
 The widget reads measurements; it computes no time itself.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from .roofline_figures import duration, roofline_figure
 ERROR_COLOUR = "#b00020"
 PLOT_WIDTH_PX = 900  # plotly's default is 700; autosize leaves a FigureWidget inside a VBox at 700
 WEIGHTS = {"float32": "the float32 weights (what HF transformers reads)",
-           "GGUF blocks": "the GGUF file's 4-bit blocks: the same weights in 5.6x fewer bytes"}
+           "GGUF blocks": "the GGUF file's blocks (4-bit layers, 8-bit lm_head): the same weights in 5.6x fewer bytes"}
 
 
 def describe(point, roofs) -> str:

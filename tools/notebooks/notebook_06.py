@@ -50,7 +50,7 @@ default_batches, default_contexts, default_prompt_len = roofline.default_sizes(d
 batches, contexts, prompt_len = BATCHES or default_batches, CONTEXTS or default_contexts, PROMPT_LEN or default_prompt_len
 model, tokenizer = kvlab.load_model(device=device)
 # Sections 1–6 read the float32 weights: the textbook case. Section 7 turns on kvlab's CPU default, which reads
-# the GGUF file's own 4-bit blocks instead (same weights, same tokens, 5.6× fewer bytes).
+# the GGUF file's own 4-/8-bit blocks instead (same weights, same tokens, 5.6× fewer bytes).
 model.decode_reads_blocks = False
 display(mode_banner(device, model.dtype, "Every time below is measured on this machine, now; the model runs through "
                     "torch (plus kvlab's CPU matrix-vector kernel), not through the Triton interpreter."))
@@ -133,7 +133,7 @@ Choose a batch, a decode context and a prompt length and press **measure**: the 
 decode step and decode attention alone at those sizes on this device and adds the three points to the plot.
 Earlier points stay, so a few presses draw your own sweep. (On a CPU one press takes a few seconds.)
 
-On a CPU the **weights** toggle picks what the steps read: the float32 weights, or the GGUF file's 4-bit
+On a CPU the **weights** toggle picks what the steps read: the float32 weights, or the GGUF file's 4-/8-bit
 blocks (section 7 explains them). Measure the same decode step both ways. The FLOP are the same, the bytes 5.6×
 fewer, so the point moves right: does it move up as much?
 """),
@@ -243,8 +243,8 @@ reads those blocks instead of float32? (`answer_4`)
     code("""
 answer_4 = None
 check_number("FLOP per weight byte, batch-1 decode, Q4_1 blocks", answer_4, 2 * 32 / 20, 0.05,
-             "32 weights × 2 FLOP per 20 bytes = 3.2: 6.4× question 1's — close to this CPU's ridge point, which is "
-             "why unpacking the blocks, not the memory, limits the blocks kernel here.")
+             "32 weights × 2 FLOP per 20 bytes = 3.2: 6.4× question 1's. That is still left of the ridge here, yet the "
+             "blocks kernel stays well under the bandwidth roof: unpacking is work the FLOP count leaves out.")
 """),
     md("""
 **5.** (Think, then measure it in the lab.) Decode attention's points do not move right when you raise the batch,
@@ -258,7 +258,7 @@ notebook 07.)
   of many.
 * Batching is almost free for decode throughput until the intensity nears the ridge; it costs the first token.
 * At batch 1 the bound is bandwidth ÷ weight bytes. An engine gets closer by streaming better: kvlab's kernel
-  reads the same float32 bytes 2–3× as fast as `F.linear`. Or it reads fewer bytes: the file's 4-bit blocks are
+  reads the same float32 bytes 2–3× as fast as `F.linear`. Or it reads fewer bytes: the file's 4-/8-bit blocks are
   5.6× smaller, and then unpacking them is what limits a CPU. Against HF transformers, on the same tokens,
   kvlab decoded 2.4–2.9× as fast on float32 weights and 4.2–4.8× as fast on the blocks. Those are our runs on
   a shared 2-core EPYC; the comparison above is this run's.
