@@ -33,6 +33,10 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+ARTIFACTS = ROOT / "test-artifacts"  # screenshots and server logs of the browser tests
+
 RUNNING_PROMPT = "[*]"
 ERROR_OUTPUT = '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]'
 
@@ -253,6 +257,27 @@ def require_chromium() -> str:
     except ImportError:
         missing("the playwright package is not installed (pip install -e '.[test]')")
     return path
+
+
+def repo_notebook(name: str) -> pathlib.Path:
+    """notebooks/<name>, or skip the test when it is not there."""
+    import pytest
+
+    path = NOTEBOOKS / name
+    if not path.is_file():
+        pytest.skip(f"notebook not present: notebooks/{name}")
+    return path
+
+
+@contextlib.contextmanager
+def lab_for_test(tmp_path_factory, notebook: pathlib.Path, artifact_prefix: str, server_log: str):
+    """A test's JupyterLab (lab_serving in a fresh temporary home) after deleting the screenshots an earlier run
+    left in test-artifacts/ under `artifact_prefix`; the server's log is kept there as `server_log`."""
+    for stale in ARTIFACTS.glob(f"{artifact_prefix}_*.png"):
+        stale.unlink()
+    home = tmp_path_factory.mktemp("kvlab-browser")
+    with lab_serving(NOTEBOOKS, notebook, home, ARTIFACTS / server_log) as server:
+        yield server
 
 
 @contextlib.contextmanager

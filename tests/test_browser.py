@@ -19,14 +19,12 @@ import time
 
 import pytest
 
-from browser_driver import (JupyterLab, browser_page, dismiss_popups, error_outputs, lab_serving, open_and_run_all,
-                            require_chromium, running_prompts, screenshot_widget)
+from browser_driver import (ARTIFACTS, JupyterLab, browser_page, dismiss_popups, error_outputs, lab_for_test, open_and_run_all,
+                            require_chromium, repo_notebook, running_prompts, screenshot_widget)
 
 pytestmark = pytest.mark.browser
 
 NOTEBOOK = "03_fragmentation.ipynb"
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-ARTIFACTS = ROOT / "test-artifacts"
 WIDGET = ".kvlab-block-table"
 PLOT = f"{WIDGET} .js-plotly-plot"
 BUTTONS = ("Add request", "Decode", "Finish", "Fork", "Reset")
@@ -42,10 +40,7 @@ def notebook_path() -> pathlib.Path:
         path = pathlib.Path(override).resolve()
         assert path.is_file(), f"KVLAB_BROWSER_NOTEBOOK={override} is not a file"
         return path
-    path = ROOT / "notebooks" / NOTEBOOK
-    if not path.is_file():
-        pytest.skip(f"notebook not present: notebooks/{NOTEBOOK}")
-    return path
+    return repo_notebook(NOTEBOOK)
 
 
 @pytest.fixture
@@ -56,10 +51,7 @@ def chromium(notebook_path) -> str:
 @pytest.fixture
 def lab(tmp_path_factory, notebook_path, chromium):
     """JupyterLab on a clean copy of notebooks/; afterwards nothing it started may be left running."""
-    for stale in ARTIFACTS.glob("block_table_*.png"):
-        stale.unlink()
-    home = tmp_path_factory.mktemp("kvlab-browser")
-    with lab_serving(ROOT / "notebooks", notebook_path, home, ARTIFACTS / "browser_jupyter_server.log") as server:
+    with lab_for_test(tmp_path_factory, notebook_path, "block_table", "browser_jupyter_server.log") as server:
         yield server
 
 

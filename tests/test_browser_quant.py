@@ -22,14 +22,12 @@ import time
 
 import pytest
 
-from browser_driver import (JupyterLab, browser_page, dismiss_popups, error_outputs, lab_serving, open_and_run_all,
-                            require_chromium, running_prompts, screenshot_widget)
+from browser_driver import (ARTIFACTS, JupyterLab, browser_page, dismiss_popups, error_outputs, lab_for_test, open_and_run_all,
+                            require_chromium, repo_notebook, running_prompts, screenshot_widget)
 
 pytestmark = pytest.mark.browser
 
 NOTEBOOK = "05_quantization.ipynb"
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-ARTIFACTS = ROOT / "test-artifacts"
 WIDGET = ".kvlab-quant-lab"
 PLOT = f"{WIDGET} .js-plotly-plot"
 RUN_TIMEOUT_S = 420  # run-all on a 2-core CPU machine: model load, accuracy and speed benchmarks, the lab's baseline
@@ -41,10 +39,7 @@ AFTER = ("int8 g64", "11,880")  # 64 B of 8-bit codes + 1 scale × 2 B = 66 B pe
 
 @pytest.fixture
 def notebook_path() -> pathlib.Path:
-    path = ROOT / "notebooks" / NOTEBOOK
-    if not path.is_file():
-        pytest.skip(f"notebook not present: notebooks/{NOTEBOOK}")
-    return path
+    return repo_notebook(NOTEBOOK)
 
 
 @pytest.fixture
@@ -55,10 +50,7 @@ def chromium(notebook_path) -> str:
 @pytest.fixture
 def lab(tmp_path_factory, notebook_path, chromium):
     """JupyterLab on a clean copy of notebooks/; afterwards nothing it started may be left running."""
-    for stale in ARTIFACTS.glob("quant_lab_*.png"):
-        stale.unlink()
-    home = tmp_path_factory.mktemp("kvlab-browser")
-    with lab_serving(ROOT / "notebooks", notebook_path, home, ARTIFACTS / "quant_lab_jupyter_server.log") as server:
+    with lab_for_test(tmp_path_factory, notebook_path, "quant_lab", "quant_lab_jupyter_server.log") as server:
         yield server
 
 

@@ -26,14 +26,12 @@ import time
 
 import pytest
 
-from browser_driver import (JupyterLab, browser_page, dismiss_popups, error_outputs, lab_serving, open_and_run_all,
-                            require_chromium, running_prompts, screenshot_widget)
+from browser_driver import (ARTIFACTS, JupyterLab, browser_page, dismiss_popups, error_outputs, lab_for_test, open_and_run_all,
+                            require_chromium, repo_notebook, running_prompts, screenshot_widget)
 
 pytestmark = pytest.mark.browser
 
 NOTEBOOK = "06_decode_is_bandwidth_bound.ipynb"
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-ARTIFACTS = ROOT / "test-artifacts"
 WIDGET = ".kvlab-roofline-lab"
 PLOT = f"{WIDGET} .js-plotly-plot"
 MESSAGE = ".kvlab-roofline-message"
@@ -47,10 +45,7 @@ SLIDER_TRIES = 6
 
 @pytest.fixture
 def notebook_path() -> pathlib.Path:
-    path = ROOT / "notebooks" / NOTEBOOK
-    if not path.is_file():
-        pytest.skip(f"notebook not present: notebooks/{NOTEBOOK}")
-    return path
+    return repo_notebook(NOTEBOOK)
 
 
 @pytest.fixture
@@ -61,10 +56,7 @@ def chromium(notebook_path) -> str:
 @pytest.fixture
 def lab(tmp_path_factory, notebook_path, chromium):
     """JupyterLab on a clean copy of notebooks/; afterwards nothing it started may be left running."""
-    for stale in ARTIFACTS.glob("roofline_lab_*.png"):
-        stale.unlink()
-    home = tmp_path_factory.mktemp("kvlab-browser")
-    with lab_serving(ROOT / "notebooks", notebook_path, home, ARTIFACTS / "roofline_lab_jupyter_server.log") as server:
+    with lab_for_test(tmp_path_factory, notebook_path, "roofline_lab", "roofline_lab_jupyter_server.log") as server:
         yield server
 
 
