@@ -104,10 +104,14 @@ BLOCK_SIZE = 32  # weights per GGML block
 BLOCK_BYTES = {"Q4_1": 20, "Q8_0": 34}  # Q4_1: fp16 d, fp16 m, 16 B of nibbles; Q8_0: fp16 d, 32 int8
 
 
-def block_row_bytes(block_format: str, k: int) -> int:
-    """Bytes of one weight row of k weights stored as blocks."""
+def _check_block_format(block_format: str) -> None:
     if block_format not in BLOCK_BYTES:
         raise ValueError(f"block_format must be one of {sorted(BLOCK_BYTES)}, got {block_format!r}")
+
+
+def block_row_bytes(block_format: str, k: int) -> int:
+    """Bytes of one weight row of k weights stored as blocks."""
+    _check_block_format(block_format)
     if k % BLOCK_SIZE:
         raise ValueError(f"a row of {k} weights is not a whole number of {BLOCK_SIZE}-weight blocks")
     return k // BLOCK_SIZE * BLOCK_BYTES[block_format]
@@ -138,8 +142,13 @@ def gemv_blocks_reference(x: torch.Tensor, blocks: torch.Tensor, block_format: s
     return x @ dequantize_reference(blocks, block_format).t()
 
 
+def blocks_gemv(block_format: str):
+    """The compiled product for one block format: (x [M, K] float32, blocks uint8 [N, K/32 · block bytes]) → [M, N]."""
+    _check_block_format(block_format)
+    return {"Q4_1": _module().gemv_q4_1, "Q8_0": _module().gemv_q8_0}[block_format]
+
+
 def cpu_gemv_blocks(x: torch.Tensor, blocks: torch.Tensor, block_format: str) -> torch.Tensor:
     """x [M, K] float32 @ Wᵀ → [M, N], W given as blocks uint8 [N, K/32 · block bytes], through the compiled kernel."""
     block_row_bytes(block_format, x.shape[-1])  # names a bad format or K
-    gemv = _module().gemv_q4_1 if block_format == "Q4_1" else _module().gemv_q8_0
-    return gemv(x.contiguous(), blocks.contiguous())
+    return blocks_gemv(block_format)(x.contiguous(), blocks.contiguous())

@@ -52,16 +52,22 @@ def unpermute_rope_rows(weight: np.ndarray, num_heads: int) -> np.ndarray:
     return w.swapaxes(2, 1).reshape(weight.shape)
 
 
+def hf_row_order(name: str, rows: np.ndarray, num_heads: int, num_kv_heads: int) -> np.ndarray:
+    """A tensor's rows (float32 weights or raw blocks) in the Hugging Face layout: Q and K rows unpermuted."""
+    if name.endswith("attn_q.weight"):
+        return unpermute_rope_rows(rows, num_heads)
+    if name.endswith("attn_k.weight"):
+        return unpermute_rope_rows(rows, num_kv_heads)
+    return rows
+
+
 def read_tensors(reader, num_heads: int, num_kv_heads: int) -> dict[str, np.ndarray]:
     """Every tensor dequantized to float32, shaped like a torch Linear weight: [out, in]."""
     from gguf import quants
 
     def dequantize(tensor) -> np.ndarray:
         array = quants.dequantize(tensor.data, tensor.tensor_type).astype(np.float32, copy=False)
-        if tensor.name.endswith("attn_q.weight"):
-            array = unpermute_rope_rows(array, num_heads)
-        elif tensor.name.endswith("attn_k.weight"):
-            array = unpermute_rope_rows(array, num_kv_heads)
+        array = hf_row_order(tensor.name, array, num_heads, num_kv_heads)
         return np.array(array, order="C", copy=not array.flags.writeable or not array.flags.c_contiguous)
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # numpy releases the GIL here
@@ -84,10 +90,7 @@ def read_blocks(reader, num_heads: int, num_kv_heads: int) -> dict[str, tuple[st
             continue
         rows = np.asarray(tensor.data)  # [out, bytes per row] uint8
         assert rows.dtype == np.uint8 and rows.ndim == 2, (tensor.name, rows.dtype, rows.shape)
-        if tensor.name.endswith("attn_q.weight"):
-            rows = unpermute_rope_rows(rows, num_heads)
-        elif tensor.name.endswith("attn_k.weight"):
-            rows = unpermute_rope_rows(rows, num_kv_heads)
+        rows = hf_row_order(tensor.name, rows, num_heads, num_kv_heads)
         blocks[tensor.name] = (tensor.tensor_type.name, np.array(rows, order="C"))
     return blocks
 

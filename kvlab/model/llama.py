@@ -59,7 +59,7 @@ class LlamaModel:
         self.embed = embed  # [vocab, hidden]
         self.layers = layers
         self.final_norm = final_norm  # [hidden]
-        self.lm_head = lm_head  # [vocab, hidden] (a copy of the embedding in the projection layout when tied)
+        self.lm_head = lm_head  # [vocab, hidden] (when tied, a Projection sharing the embedding's memory)
         self.cos, self.sin = rope_tables(config, embed.device)
 
     @property

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kvlab.kernels.cpu_gemv import block_row_bytes, load_gemv
+from kvlab.kernels.cpu_gemv import block_row_bytes, blocks_gemv, load_gemv
 
 # rows of x up to which the kernel beats F.linear; all 121 products of a step, 2-core EPYC, median of 7:
 #   rows:          1     4     8     16
@@ -51,7 +51,7 @@ class Projection:
                 raise ValueError(f"{block_format} blocks for a {self.out_features}×{self.in_features} weight are uint8 "
                                  f"[{self.out_features}, {row_bytes}], got {blocks.dtype} {list(blocks.shape)}")
             self.blocks, self.block_format = blocks.contiguous(), block_format  # [out, in / 32 · block bytes]
-            self._gemv_blocks = kernel.gemv_q4_1 if block_format == "Q4_1" else kernel.gemv_q8_0
+            self._gemv_blocks = blocks_gemv(block_format)
         self.read_blocks = self.blocks is not None  # False: decode reads the float32 weight, as HF does
 
     @property
