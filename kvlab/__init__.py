@@ -14,8 +14,10 @@ import torch
 if not torch.cuda.is_available() and "TRITON_INTERPRET" not in os.environ:
     os.environ["TRITON_INTERPRET"] = "1"
 
-from .engine import GenerationResult, GenerationStats, generate  # noqa: E402
+from .engine import (Engine, GenerationResult, GenerationStats, Request, ServeResult, StepClock,  # noqa: E402
+                     build_engine, generate, serve)
 from .model import load_model, pick_device  # noqa: E402
 
-__all__ = ["load_model", "pick_device", "generate", "GenerationResult", "GenerationStats"]
+__all__ = ["load_model", "pick_device", "generate", "serve", "build_engine", "Engine", "Request", "StepClock",
+           "ServeResult", "GenerationResult", "GenerationStats"]
 __version__ = "0.1.0"

@@ -142,6 +142,37 @@ class KVCache:
         for seq_id, count in zip(step.seq_ids, step.q_lens.tolist()):
             self.lengths[seq_id] += count
 
+    # --- what a scheduler asks before it acts (it owns no allocator: it asks the cache) ------------
+    keeps_kv = True  # False for "none": every step recomputes the whole sequence, so a prefill cannot be chunked
+    can_fork = False  # True where fork(parent, child) works (parallel sampling)
+
+    def fork(self, parent: int, child: int) -> None:
+        raise ValueError(f"the {self.name!r} layout cannot fork a sequence; use cache='paged' or cache='prefix'")
+
+    def check_fits(self, seq_id: int, max_tokens: int) -> None:
+        """ValueError unless a sequence holding `max_tokens` tokens could ever fit (in an otherwise empty cache)."""
+
+    def can_add_sequence(self) -> bool:
+        """Whether add_sequence has room for one more sequence now (a free row or slot; blocks are asked apart)."""
+        return True
+
+    def blocks_free(self) -> int | None:
+        """Blocks a new allocation could get now; None for a layout without a block pool."""
+        return None
+
+    def blocks_to_grow(self, seq_id: int, num_new: int) -> int:
+        """Fresh blocks `seq_id` needs to take `num_new` more tokens."""
+        return 0
+
+    def blocks_to_add(self, prompt_ids: list[int], num_new: int) -> tuple[int, int]:
+        """(tokens of `prompt_ids` a prefix cache would serve, blocks add_sequence + a first step of `num_new` more
+        tokens would take from blocks_free()) — asked without changing anything."""
+        return 0, 0
+
+    def usage(self) -> float:
+        """Fraction of the KV capacity in use (vLLM's kv_cache_usage_perc / 100)."""
+        return 0.0
+
     # --- what a figure or a benchmark may read -----------------------------------------------------
     def bytes_per_token(self) -> int:
         """K and V of one token over all layers, in this cache's dtype."""

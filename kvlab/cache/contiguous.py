@@ -34,9 +34,19 @@ class ContiguousCache(KVCache):
         self._span = 0  # positions attention reads: the longest sequence after this step
         self._single: tuple[int, int, int] | None = None  # a one-sequence step: (row, first new position, count)
 
-    def _reserve(self, seq_id: int, max_tokens: int) -> None:
+    def check_fits(self, seq_id: int, max_tokens: int) -> None:
         if max_tokens > self.max_len:
             raise ValueError(f"sequence {seq_id} needs {max_tokens} tokens, more than max_len={self.max_len}")
+
+    def can_add_sequence(self) -> bool:
+        return bool(self.free_rows)
+
+    def usage(self) -> float:
+        """Rows reserved (whole rows, used or not: the waste this layout is about)."""
+        return len(self.row_of) / self.max_batch
+
+    def _reserve(self, seq_id: int, max_tokens: int) -> None:
+        self.check_fits(seq_id, max_tokens)
         if not self.free_rows:
             raise ValueError(f"all {self.max_batch} rows of the contiguous cache are in use")
         self.row_of[seq_id] = self.free_rows.popleft()

@@ -13,6 +13,7 @@ from .base import KVCache, Step
 
 class NoCache(KVCache):
     name = "none"
+    keeps_kv = False
 
     def __init__(self, config, device, dtype):
         super().__init__(config, device, dtype)

@@ -50,12 +50,29 @@ class PagedCache(KVCache):
         self.v_pools = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in range(self.config.num_layers)]
 
     # --- sequences ---------------------------------------------------------------------------------
+    can_fork = True
+
     def _reserve(self, seq_id: int, max_tokens: int) -> None:
+        self.check_fits(seq_id, max_tokens)
+        self.block_tables[seq_id] = []  # blocks come on demand, in _prepare
+
+    def check_fits(self, seq_id: int, max_tokens: int) -> None:
         needed = blocks_for(max_tokens, self.block_size)
         if needed > self.allocator.num_blocks:
             raise ValueError(f"sequence {seq_id} may need {needed} blocks for {max_tokens} tokens; "
                              f"the pool has only {self.allocator.num_blocks}")
-        self.block_tables[seq_id] = []  # blocks come on demand, in _prepare
+
+    def blocks_free(self) -> int:
+        return self.allocator.num_available
+
+    def blocks_to_grow(self, seq_id: int, num_new: int) -> int:
+        return max(0, blocks_for(self.lengths[seq_id] + num_new, self.block_size) - len(self.block_tables[seq_id]))
+
+    def blocks_to_add(self, prompt_ids: list[int], num_new: int) -> tuple[int, int]:
+        return 0, blocks_for(num_new, self.block_size)
+
+    def usage(self) -> float:
+        return self.allocator.num_used / self.allocator.num_blocks
 
     def _release(self, seq_id: int) -> None:
         for block in self.block_tables.pop(seq_id):

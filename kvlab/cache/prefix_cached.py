@@ -18,6 +18,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from .base import Step
+from .block_allocator import blocks_for
 from .caching_allocator import CachingBlockAllocator
 from .paged import PagedCache
 from .prefix_index import HashFn, PrefixIndex, chain_hash
@@ -93,6 +94,19 @@ class PrefixCachedPagedCache(PagedCache):
     def cached_prefix_blocks(self, prompt_ids: list[int]) -> list[int]:
         """The blocks add_sequence would reuse for `prompt_ids`, without taking them or counting anything."""
         return [entry.block for entry in self._longest_cached_prefix(prompt_ids, count_refusals=False)]
+
+    def blocks_to_grow(self, seq_id: int, num_new: int) -> int:
+        """Fresh blocks, plus a copy-on-write copy when the next token lands in a partly filled shared block."""
+        table, length = self.block_tables[seq_id], self.lengths[seq_id]
+        shared_tail = length % self.block_size != 0 and self.allocator.ref_counts[table[-1]] > 1
+        return super().blocks_to_grow(seq_id, num_new) + int(shared_tail)
+
+    def blocks_to_add(self, prompt_ids: list[int], num_new: int) -> tuple[int, int]:
+        """A hit takes its blocks back out of the evictable ones (counted in blocks_free) unless someone holds them."""
+        reused = self.cached_prefix_blocks(prompt_ids)
+        taken_back = sum(1 for block in reused if self.allocator.ref_counts[block] == 0)
+        cached = len(reused) * self.block_size
+        return cached, blocks_for(cached + num_new, self.block_size) - len(reused) + taken_back
 
     def _longest_cached_prefix(self, prompt_ids: list[int], count_refusals: bool = True):
         bs, matched = self.block_size, []

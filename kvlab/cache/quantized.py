@@ -117,6 +117,9 @@ class QuantizedPagedCache(PagedCache):
                              f"(max_seqs={self.max_seqs})")
         self.recent_slots[seq_id] = self._free_recent.pop()
 
+    def can_add_sequence(self) -> bool:
+        return not self.scheme.keeps_recent or bool(self._free_recent)
+
     def _reserve(self, seq_id: int, max_tokens: int) -> None:
         super()._reserve(seq_id, max_tokens)  # may raise: nothing taken yet
         try:

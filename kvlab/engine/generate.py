@@ -1,24 +1,20 @@
-"""The generation loop: prefill the prompts, then decode one token per sequence per step.
+"""generate(): a fixed batch of prompts, all arriving at once, run through the serving engine to the end.
 
-Each step feeds every running sequence the tokens its cache does not hold yet — the whole prompt first,
-then one token; with cache="none" that is the whole sequence every time.
+A thin client of kvlab.engine.engine — the one place where a step is formed. Every prompt is admitted in the
+first step (one prefill pass), then every running sequence decodes one token per step; a sequence leaves the
+batch when it finishes. With cache="none" each step feeds the whole sequence again.
 """
 from __future__ import annotations
-
-import time
-
-import torch
 
 from ..cache import KVCache, make_cache
 from ..checks import positive_int
 from ..progress import progress_bar
+from .clock import WallClock
+from .engine import Engine, encode_prompt
+from .request import Request
 from .result import GenerationResult, GenerationStats
-from .sampling import check_sampling_args, sample_next
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from .runner import forward_step  # noqa: F401  (the block-table lab steps its own sequences through it)
+from .sampling import check_sampling_args
 
 
 def prepare_prompts(tokenizer, prompts, chat: bool, context_len: int, vocab_size: int) -> list[list[int]]:
@@ -27,21 +23,13 @@ def prepare_prompts(tokenizer, prompts, chat: bool, context_len: int, vocab_size
         prompts = [prompts]
     if not prompts:
         raise ValueError("prompts is empty")
-    token_lists = []
-    for index, prompt in enumerate(prompts):
-        if isinstance(prompt, str):
-            ids = tokenizer.encode(tokenizer.apply_chat_template(prompt) if chat else prompt)
-        else:
-            ids = [int(t) for t in prompt]
-            bad = [t for t in ids if not 0 <= t < vocab_size]
-            if bad:
-                raise ValueError(f"prompt {index} has token id {bad[0]}, outside the vocabulary 0..{vocab_size - 1}")
-        if not ids:
-            raise ValueError(f"prompt {index} is empty")
-        if len(ids) > context_len:
-            raise ValueError(f"prompt {index} has {len(ids)} tokens, longer than the model's context of {context_len}")
-        token_lists.append(ids)
-    return token_lists
+    config = _Limits(context_len, vocab_size)
+    return [encode_prompt(tokenizer, prompt, chat, config, index) for index, prompt in enumerate(prompts)]
+
+
+class _Limits:
+    def __init__(self, context_len: int, vocab_size: int):
+        self.context_len, self.vocab_size = context_len, vocab_size
 
 
 def generate(model, tokenizer, prompts, max_new_tokens: int = 64, cache: str | KVCache = "contiguous",
@@ -55,9 +43,10 @@ def generate(model, tokenizer, prompts, max_new_tokens: int = 64, cache: str | K
     num_samples > 1: parallel sampling — each prompt is prefilled once, then forked into that many sequences
     (the cache must fork: "paged" copies the partly filled block at once, "prefix" shares it until one writes);
     the result lists the samples of prompt 0 first, then those of prompt 1, and so on.
-    cache: a layout's name ("none", "contiguous", "paged", "prefix"), made for this call, or a KVCache object
-    that outlives it — a prefix cache keeps the blocks of earlier calls and reuses their prompts' prefixes.
-    cache_options go to a named layout (paged, prefix: block_size, num_blocks, backend).
+    cache: a layout's name ("none", "contiguous", "paged", "prefix", "quantized"), made for this call, or a
+    KVCache object that outlives it — a prefix cache keeps the blocks of earlier calls and reuses their prefixes.
+    cache_options go to a named layout (paged, prefix: block_size, num_blocks, backend). A pool too small for
+    the whole batch preempts (recompute) rather than fails; one too small for a single sequence is refused.
     on_step(step_index, cache, running_seq_ids): called after every step, before finished sequences are freed —
     a figure can read the cache's public state there (block tables, pool occupancy).
     """
@@ -68,96 +57,47 @@ def generate(model, tokenizer, prompts, max_new_tokens: int = 64, cache: str | K
     prompt_ids = prepare_prompts(tokenizer, prompts, chat, cfg.context_len, cfg.vocab_size)
     longest = max(len(p) for p in prompt_ids)
     max_len = min(longest + max_new_tokens, cfg.context_len)
-    kv = _cache_for(cache, cfg, model, len(prompt_ids) * samples, max_len, cache_options)
-    if samples > 1 and not hasattr(kv, "fork"):
-        raise ValueError(f"num_samples={samples} forks each prompt's cache, which the {kv.name!r} layout cannot do; "
-                         f"use cache='paged' or cache='prefix'")
-    stops = set(stop_token_ids if stop_token_ids is not None else [tokenizer.eos_token_id]) if stop_at_eos else set()
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
-
-    # sequence id p·samples + k is sample k of prompt p: prompt + generated tokens
-    sequences: list[list[int]] = [list(prompt_ids[i // samples]) for i in range(len(prompt_ids) * samples)]
-    running = [p * samples for p in range(len(prompt_ids))]  # the forks join after the prefill step
-    finish = ["length"] * len(sequences)
-    stats = GenerationStats(cache=kv.name, device=str(model.device), batch=len(sequences),
-                            prompt_tokens=sum(map(len, prompt_ids)), cached_prompt_tokens=0, new_tokens=0,
-                            ttft_s=0.0, decode_s=0.0, decode_tokens=0)
+    batch = len(prompt_ids) * samples
+    kv = _cache_for(cache, cfg, model, batch, max_len, cache_options)
+    # a sequence stops at the context's end: the answer is cut there ("length")
+    new_tokens = [max(1, min(max_new_tokens, cfg.context_len - len(ids))) for ids in prompt_ids]
+    budget = sum((len(ids) + n) * samples for ids, n in zip(prompt_ids, new_tokens))  # never the limit here
+    engine = Engine(model, tokenizer, kv, max_num_seqs=batch, max_num_batched_tokens=budget, policy="continuous",
+                    temperature=temperature, top_p=top_p, seed=seed, stop_at_eos=stop_at_eos,
+                    stop_token_ids=stop_token_ids, clock=WallClock(), on_step=on_step)
+    for ids, n in zip(prompt_ids, new_tokens):
+        engine.add_request(Request(ids, n), num_samples=samples)
     bar = progress_bar(max_new_tokens, progress, "generating", "step")
-    start = time.perf_counter()  # TTFT counts the prefix lookup too
     try:
-        for seq_id in running:
-            max_tokens = min(len(sequences[seq_id]) + max_new_tokens, cfg.context_len)
-            stats.cached_prompt_tokens += kv.add_sequence(seq_id, max_tokens, sequences[seq_id])
-        for step_index in range(max_new_tokens):
-            step_start = time.perf_counter()
-            logits, kv_bytes_read, weight_bytes_read = forward_step(model, kv, sequences, running)
-            if step_index == 0 and samples > 1:
-                running = _fork_samples(kv, sequences, running, samples)
-                logits = logits.repeat_interleave(samples, dim=0)  # [B · samples, vocab]: one draw per sample
-            next_ids = sample_next(logits, temperature, top_p, generator).tolist()
-            _sync(model.device)
-            elapsed = time.perf_counter() - step_start
-            if step_index == 0:
-                stats.ttft_s = time.perf_counter() - start
-            else:
-                stats.decode_s += elapsed
-                stats.decode_tokens += len(running)
-                stats.step_times_s.append(elapsed)
-                stats.step_context_lens.append(max(len(sequences[s]) for s in running))
-                stats.kv_bytes_read_per_step.append(kv_bytes_read)
-                stats.weight_bytes_read_per_step.append(weight_bytes_read)
-            if on_step is not None:
-                on_step(step_index, kv, list(running))
-            for seq_id, token in zip(list(running), next_ids):
-                sequences[seq_id].append(token)
-                stats.new_tokens += 1
-                at_limit = len(sequences[seq_id]) >= cfg.context_len
-                if token in stops or at_limit:
-                    finish[seq_id] = "eos" if token in stops else "length"
-                    running.remove(seq_id)
-                    kv.free_sequence(seq_id)
+        while engine.has_unfinished():
+            engine.step()
             if bar is not None:
                 bar.update(1)
-            if not running:
-                break
     finally:
-        for seq_id in range(len(sequences)):  # also after an error: a cache object must not keep them
-            if seq_id in kv.lengths:
-                kv.free_sequence(seq_id)
+        engine.abandon()  # also after an error: a cache object must not keep them
         if bar is not None:
             bar.close()
-
-    prompts_per_sample = [prompt_ids[i // samples] for i in range(len(sequences))]
-    generated = [seq[len(prompt):] for seq, prompt in zip(sequences, prompts_per_sample)]
-    texts = [tokenizer.decode([t for t in ids if t not in stops]) for ids in generated]
-    return GenerationResult(prompts_per_sample, generated, texts, finish, stats)
+    result = engine.result()
+    return GenerationResult([o.prompt_token_ids for o in result.outputs], result.token_ids, result.texts,
+                            result.finish_reasons, _stats(result, kv, model))
 
 
-def _fork_samples(kv, sequences: list[list[int]], running: list[int], samples: int) -> list[int]:
-    """After the prefill step: sequence p·samples forks into p·samples + 1 … p·samples + samples − 1."""
-    for parent in running:
-        for child in range(parent + 1, parent + samples):
-            kv.fork(parent, child)
-    return [parent + k for parent in running for k in range(samples)]
-
-
-def forward_step(model, kv, sequences: list[list[int]], running: list[int]) -> tuple[torch.Tensor, int, int]:
-    """Feed each running sequence its uncached tokens → (next-token logits [B, vocab], K/V bytes attention read,
-    weight bytes the step read)."""
-    new_tokens = [sequences[s][kv.num_cached(s):] for s in running]
-    width = max(map(len, new_tokens))
-    input_ids = torch.zeros(len(running), width, dtype=torch.int64)
-    for row, tokens in enumerate(new_tokens):
-        input_ids[row, : len(tokens)] = torch.tensor(tokens)
-    step = kv.begin_step(running, [len(t) for t in new_tokens], new_tokens)
-    try:
-        logits = model.forward(input_ids.to(model.device), kv)
-    except BaseException:
-        kv.abort_step()
-        raise
-    kv_bytes_read = kv.kv_bytes_read(step)
-    kv.end_step()
-    return logits, kv_bytes_read, model.weight_bytes(rows=input_ids.numel(), head_rows=len(running))
+def _stats(result, kv: KVCache, model) -> GenerationStats:
+    """The first step is the prefill (TTFT); the later ones decode."""
+    steps = result.steps
+    parents = list({o.request_index: o for o in reversed(result.outputs)}.values())  # each prompt's first sample
+    stats = GenerationStats(cache=kv.name, device=str(model.device), batch=len(result.outputs),
+                            prompt_tokens=sum(len(o.prompt_token_ids) for o in parents),
+                            cached_prompt_tokens=sum(o.cached_prompt_tokens for o in parents),
+                            new_tokens=result.output_tokens, ttft_s=steps[0].end_s, decode_s=0.0, decode_tokens=0)
+    for step in steps[1:]:
+        stats.decode_s += step.wall_s
+        stats.decode_tokens += step.tokens_out
+        stats.step_times_s.append(step.wall_s)
+        stats.step_context_lens.append(step.context_len)
+        stats.kv_bytes_read_per_step.append(step.kv_bytes_read)
+        stats.weight_bytes_read_per_step.append(step.weight_bytes_read)
+    return stats
 
 
 def _cache_for(cache, cfg, model, batch: int, max_len: int, options: dict) -> KVCache:

@@ -1,0 +1,154 @@
+"""The scheduler: which sequences run in the next step, and how many of their tokens.
+
+Every step it forms one batch under two limits — `max_num_seqs` sequences and `max_num_batched_tokens` tokens:
+1. running sequences first, in admission order: one token each when decoding, a budget-sized chunk of the rest
+   of their context when prefilling (chunked prefill: a long prompt takes several steps, beside others' decode);
+2. when the pool cannot give a running sequence the blocks it needs, the most recently admitted running
+   sequence is preempted (recompute: its blocks are freed, it goes back to the front of the waiting queue and
+   later prefills its prompt and output so far again, with prefix-cache hits where the layout has them);
+3. then, if nothing was preempted, waiting sequences that have arrived, first come first served, while
+   sequences, budget and blocks last.
+policy="static" admits only when nothing is running (request-level batching: a batch runs until its last
+sequence finishes, then the next one is formed), as the baselines of the Orca paper did.
+
+The scheduler owns no allocator: it asks the cache (blocks_free, blocks_to_grow, blocks_to_add).
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from ..cache import KVCache
+from .request import Sequence, Status
+
+POLICIES = ("continuous", "static")
+
+
+@dataclass
+class ScheduledBatch:
+    chunks: list[tuple[Sequence, int]] = field(default_factory=list)  # (sequence, new tokens this step)
+    preempted: list[Sequence] = field(default_factory=list)
+    admitted: list[Sequence] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(count for _, count in self.chunks)
+
+
+class Scheduler:
+    def __init__(self, cache: KVCache, max_num_seqs: int, max_num_batched_tokens: int, policy: str = "continuous"):
+        if policy not in POLICIES:
+            raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
+        self.cache = cache
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.policy = policy
+        self.waiting: deque[Sequence] = deque()  # arrival order; preempted sequences go back to the front
+        self.running: list[Sequence] = []  # admission order: the last one is preempted first
+
+    def add(self, seq: Sequence) -> None:
+        """Queue a sequence; the waiting queue stays in arrival order (preempted ones stay in front)."""
+        assert seq.status is Status.WAITING
+        position = len(self.waiting)
+        while position > 0 and self.waiting[position - 1].arrival_s > seq.arrival_s \
+                and self.waiting[position - 1].first_scheduled_s is None:
+            position -= 1
+        self.waiting.insert(position, seq)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def next_arrival_s(self) -> float | None:
+        return self.waiting[0].arrival_s if self.waiting else None
+
+    # --- one step ---------------------------------------------------------------------------------------
+    def schedule(self, now_s: float) -> ScheduledBatch:
+        batch = ScheduledBatch()
+        budget = self.max_num_batched_tokens
+        promised = 0  # blocks the chunks scheduled so far will take when the step begins
+        admitting = self.policy == "continuous" or not self.running
+        queue = list(self.running)
+        while queue and budget > 0:
+            seq = queue.pop(0)
+            count = self._chunk(seq, budget)
+            if count == 0:
+                continue
+            while self.cache.blocks_to_grow(seq.seq_id, count) > self._blocks_free() - promised:
+                victim = queue.pop() if queue else seq  # the most recently admitted one not yet scheduled
+                self._preempt(victim, batch)
+                if victim is seq:
+                    break
+            else:
+                promised += self.cache.blocks_to_grow(seq.seq_id, count)
+                batch.chunks.append((seq, count))
+                budget -= count
+        if batch.preempted or not admitting:
+            self._check(batch)
+            return batch
+        while self.waiting and len(self.running) < self.max_num_seqs and self.cache.can_add_sequence():
+            seq = self.waiting[0]
+            if seq.arrival_s > now_s or (budget == 0 and self.policy == "continuous"):
+                break
+            cached, _ = self.cache.blocks_to_add(seq.token_ids, 0)
+            count = self._chunk(seq, budget, cached)
+            if count == 0 and self.policy == "continuous":
+                break
+            _, blocks = self.cache.blocks_to_add(seq.token_ids, count)
+            if blocks > self._blocks_free() - promised:
+                break
+            self.waiting.popleft()
+            got = self.cache.add_sequence(seq.seq_id, seq.max_kv_tokens, seq.token_ids)
+            assert got == cached, f"the prefix cache served {got} tokens, blocks_to_add said {cached}"
+            if seq.first_scheduled_s is None:
+                seq.first_scheduled_s = now_s
+                seq.cached_prompt_tokens = cached
+            seq.status = Status.RUNNING
+            self.running.append(seq)
+            batch.admitted.append(seq)
+            if count:
+                promised += blocks
+                batch.chunks.append((seq, count))
+                budget -= count
+        self._check(batch)
+        return batch
+
+    def _chunk(self, seq: Sequence, budget: int, cached: int | None = None) -> int:
+        """New tokens `seq` can take this step: the rest of its context up to the budget ("none" recomputes the
+        whole sequence every step, so it runs whole or not at all)."""
+        cached = self.cache.num_cached(seq.seq_id) if cached is None else cached
+        uncached = len(seq.token_ids) - cached
+        assert uncached >= 1, f"sequence {seq.seq_id} has nothing to compute"
+        if not self.cache.keeps_kv:
+            return uncached if uncached <= budget else 0
+        return min(uncached, budget)
+
+    def _blocks_free(self) -> int:
+        free = self.cache.blocks_free()
+        return free if free is not None else 1 << 62
+
+    def _preempt(self, seq: Sequence, batch: ScheduledBatch) -> None:
+        """Recompute preemption: free every block, back to the front of the waiting queue, tokens kept."""
+        self.cache.free_sequence(seq.seq_id)
+        self.running.remove(seq)
+        seq.status, seq.prefilled = Status.WAITING, False
+        seq.num_preemptions += 1
+        self.waiting.appendleft(seq)
+        batch.preempted.append(seq)
+
+    def _check(self, batch: ScheduledBatch) -> None:
+        assert batch.num_tokens <= self.max_num_batched_tokens, "token budget exceeded"
+        assert len(self.running) <= self.max_num_seqs, "max_num_seqs exceeded"
+        assert len({s.seq_id for s, _ in batch.chunks}) == len(batch.chunks), "a sequence scheduled twice"
+        assert all(s.status is Status.RUNNING for s, _ in batch.chunks)
+        assert not {s.seq_id for s in self.waiting} & {s.seq_id for s in self.running}, "a sequence in two queues"
+
+    # --- after the step ------------------------------------------------------------------------------
+    def finish(self, seq: Sequence) -> None:
+        self.cache.free_sequence(seq.seq_id)
+        self.running.remove(seq)
+        seq.status = Status.FINISHED
+
+    def insert_running_after(self, parent: Sequence, children: list[Sequence]) -> None:
+        """Forked samples run right after their parent (parallel sampling)."""
+        at = self.running.index(parent) + 1
+        self.running[at:at] = children
