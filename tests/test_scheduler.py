@@ -234,3 +234,16 @@ def test_contiguous_admits_only_when_a_reserved_row_is_free_and_never_preempts(s
 def test_cache_options_are_checked_by_name(options, needle):
     with pytest.raises(ValueError, match=needle):
         make_cache("paged", STAND_IN, "cpu", torch.float32, max_batch=2, max_len=32, **options)
+
+
+def test_requests_sharing_a_cached_prefix_are_admitted_together_into_an_exactly_sized_pool(stand_in):
+    """A hit takes its blocks back from the evictable ones once: the blocks promised to the step are the fresh ones."""
+    shared = [9, 8, 7, 6] * 4  # 4 full blocks of 4
+    engine = new_engine(stand_in, "prefix", num_blocks=8, max_num_seqs=4, budget=64)
+    engine.add_request(Request(shared + [5, 4, 3], 1))
+    engine.run()
+    assert engine.cache.allocator.num_evictable == 4  # the shared blocks stay cached
+    for k in range(4):
+        engine.add_request(Request(shared + [10 + k, 11, 12], 2))
+    first = engine.step()
+    assert first.admitted == (1, 2, 3, 4) and first.blocks_used == 8

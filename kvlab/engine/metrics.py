@@ -170,8 +170,11 @@ class ServeResult:
 
     def summary(self) -> str:
         m = self.metrics()
+
+        def t(seconds: float) -> str:  # a step clock counts steps of step_s, not host time
+            return f"{seconds:.1f} s (step clock)" if self.clock == "step" else f"{seconds * 1e3:.0f} ms"
+
         return (f"{self.policy} batching, {self.cache} cache, max_num_seqs {self.max_num_seqs}: {m['requests']} requests, "
                 f"{m['output_tokens']} tokens in {m['steps']} steps, {m['throughput_tok_s']:.1f} tok/s, "
-                f"TTFT p50 {m['ttft_p50_s'] * 1e3:.0f} ms / p99 {m['ttft_p99_s'] * 1e3:.0f} ms, "
-                f"TPOT p50 {m['tpot_p50_s'] * 1e3:.0f} ms, occupancy {m['mean_occupancy']:.0%}, "
-                f"{m['num_preemptions']} preemptions ({self.clock} clock)")
+                f"TTFT p50 {t(m['ttft_p50_s'])} / p99 {t(m['ttft_p99_s'])}, TPOT p50 {t(m['tpot_p50_s'])}, "
+                f"occupancy {m['mean_occupancy']:.0%}, {m['num_preemptions']} preemptions")

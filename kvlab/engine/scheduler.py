@@ -106,7 +106,7 @@ class Scheduler:
             self.running.append(seq)
             batch.admitted.append(seq)
             if count:
-                promised += blocks
+                promised += self.cache.blocks_to_grow(seq.seq_id, count)  # a hit's blocks were taken back just now
                 batch.chunks.append((seq, count))
                 budget -= count
         self._check(batch)
