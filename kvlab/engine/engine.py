@@ -76,7 +76,7 @@ class Engine:
     def add_request(self, request: Request | dict, num_samples: int = 1) -> int:
         """Queue a request (checked first: nothing changes if it is refused); returns its first seq id.
         num_samples > 1: one prefill, then forks into that many sequences (seq ids in a row)."""
-        index = len({s.request_index for s in self.sequences})
+        index = self.sequences[-1].request_index + 1 if self.sequences else 0
         request = Request.of(request, index)
         positive_int("num_samples", num_samples)
         cfg, cache = self.model.config, self.cache

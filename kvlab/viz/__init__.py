@@ -13,6 +13,10 @@ from .prefix_figures import prompt_tokens_figure, ttft_figure
 from .radix_figures import radix_figure, radix_tree
 from .quant_figures import accuracy_figure, channel_absmax_figure, error_heatmaps, memory_figure
 from .quant_widget import QuantizationLab, quantization_lab
+from .serving_figures import (batch_composition_figure, gantt_figure, latency_throughput_figure, pool_snapshot,
+                              running_metrics, running_metrics_figure, slot_occupancy_figure, step_composition_figure,
+                              step_cost_figure)
+from .serving_widget import ServingLab
 
 __all__ = ["mode_banner", "kv_memory_figure", "presets_figure", "speedup_figure", "step_time_figure",
            "pool_figure", "block_tables_figure", "occupancy_figure", "reservation_figure", "snapshot",
@@ -21,4 +25,6 @@ __all__ = ["mode_banner", "kv_memory_figure", "presets_figure", "speedup_figure"
            "memory_over_time_figure", "waste_breakdown_figure", "concurrency_figure", "block_size_sweep_figure",
            "fragmentation_lab", "fragmentation_lab_figure",
            "error_heatmaps", "memory_figure", "accuracy_figure", "channel_absmax_figure", "QuantizationLab",
-           "quantization_lab"]
+           "quantization_lab", "gantt_figure", "batch_composition_figure", "step_composition_figure",
+           "slot_occupancy_figure", "running_metrics", "running_metrics_figure", "latency_throughput_figure",
+           "step_cost_figure", "pool_snapshot", "ServingLab"]

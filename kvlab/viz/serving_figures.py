@@ -7,6 +7,7 @@ outputs (RequestOutput) of a ServeResult, and snapshots of the block pool taken 
 * slot_occupancy_figure — the share of max_num_seqs that computed something, and KV usage, per step (one line
   per run: static beside continuous);
 * running_metrics / running_metrics_figure — throughput and TTFT so far, as a replay advances;
+* step_cost_figure — a decode step's time and tokens/s against the batch;
 * latency_throughput_figure — TTFT p50/p99 against throughput, one point per request rate, under a TTFT SLO;
 * pool_snapshot — the pool's public state after a step, in the shape paged_figures.pool_figure draws.
 
@@ -183,8 +184,8 @@ def gantt_figure(source, upto_step: int | None = None, x: str = "step") -> go.Fi
     fig.update_layout(
         title=f"Requests over the run: {len(outputs)} requests, {len(steps)} steps, "
               f"{preemptions} preemption{'s' * (preemptions != 1)}", barmode="overlay", template="plotly_white",
-        height=max(280, 120 + 20 * len(rows)), margin=dict(t=60, l=150, r=20, b=50),
-        legend=dict(orientation="h", y=-0.12 if len(rows) < 12 else -0.05, yanchor="top"), bargap=0.2)
+        height=max(320, 170 + 20 * len(rows)), margin=dict(t=70, l=150, r=20, b=110),
+        legend=dict(orientation="h", x=0, xanchor="left", yref="container", y=0, yanchor="bottom"), bargap=0.2)
     return fig
 
 
@@ -335,7 +336,36 @@ def running_metrics_figure(source, upto_step: int | None = None) -> go.Figure:
     return fig
 
 
-# --- many runs: latency against throughput -------------------------------------------------------------
+# --- many runs: what a batch costs, latency against throughput -------------------------------------------
+
+def step_cost_figure(rows: list[dict]) -> go.Figure:
+    """A decode step's measured time against the batch (left) and the tokens/s it gives (right), beside the line
+    a step costing the same at every batch would give: rows of {batch, step_ms, tok_s} (kvlab.bench.serve's
+    step_costs)."""
+    if not rows:
+        raise ValueError("no step costs to draw")
+    rows = sorted(rows, key=lambda r: r["batch"])
+    batches = [r["batch"] for r in rows]
+    first = rows[0]
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.12, subplot_titles=(
+        "one decode step: wall time", "tokens per second: batch ÷ step time"))
+    fig.add_scatter(x=batches, y=[r["step_ms"] for r in rows], mode="lines+markers", name="step time",
+                    line_color=DECODE_COLOUR, hovertemplate="batch %{x}: %{y:.1f} ms a step<extra></extra>",
+                    row=1, col=1)
+    fig.add_scatter(x=batches, y=[r["tok_s"] for r in rows], mode="lines+markers", name="tokens/s, measured",
+                    line_color=FINISHED_COLOUR, hovertemplate="batch %{x}: %{y:.1f} tok/s<extra></extra>",
+                    row=1, col=2)
+    fig.add_scatter(x=batches, y=[first["tok_s"] * b / first["batch"] for b in batches], mode="lines",
+                    name=f"if every step cost batch {first['batch']}'s", line=dict(color="black", dash="dash"),
+                    hovertemplate="batch %{x}: %{y:.1f} tok/s<extra></extra>", row=1, col=2)
+    fig.update_xaxes(type="log", tickvals=batches, title="batch (sequences decoding)")
+    fig.update_yaxes(title="ms", rangemode="tozero", row=1, col=1)
+    fig.update_yaxes(title="tok/s", rangemode="tozero", row=1, col=2)
+    fig.update_layout(template="plotly_white", height=380, margin=dict(t=70, l=60, r=20, b=50),
+                      title="What a batch costs: the step barely slows while the weights' read is shared",
+                      legend=dict(orientation="h", yref="container", y=0, yanchor="bottom"))
+    return fig
+
 
 POINT_KEYS = ("rate_per_s", "throughput_tok_s", "ttft_p50_s", "ttft_p99_s")
 
@@ -360,7 +390,8 @@ def latency_throughput_figure(points, slo_ttft_s: float = TTFT_SLO_S) -> go.Figu
         rates = [f"{r:g} req/s" for r, *_ in rows]
         for q, column, dash in (("p50", 2, "solid"), ("p99", 3, "dash")):
             fig.add_scatter(x=[r[1] for r in rows], y=[r[column] * 1e3 for r in rows], mode="lines+markers+text",
-                            name=f"{name}TTFT {q}", line=dict(color=colour, dash=dash), text=rates if q == "p99" else None,
+                            name=f"{name}TTFT {q}", line=dict(color=colour, dash=dash),
+                            text=rates if q == "p99" else None,
                             textposition="top center", textfont=dict(size=10, color=colour), customdata=rates,
                             hovertemplate=f"%{{customdata}}: %{{x:.1f}} tok/s, TTFT {q} %{{y:.0f}} ms<extra></extra>")
     fig.add_hline(y=slo_ttft_s * 1e3, line=dict(color=PREEMPTED_COLOUR, dash="dot"),

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import html
 import math
-import random
 import time
 from dataclasses import dataclass
 
@@ -22,12 +21,15 @@ import plotly.graph_objects as go
 
 from ..checks import positive_int
 from ..engine import POLICIES, Request, StepClock, build_engine
+from ..traces import chat_requests
 from .paged_figures import pool_figure
 from .serving_figures import (describe_metrics, gantt_figure, pool_snapshot, running_metrics,
                               running_metrics_figure, slot_occupancy_figure, step_composition_figure)
 
 ERROR_COLOUR = "#b00020"
 PLOT_WIDTH_PX = 900
+LAB_PROMPT_MEAN, LAB_MAX_PROMPT = 32, 48  # tokens
+LAB_OUTPUT_MEAN, LAB_MAX_OUTPUT = 16, 24
 PRESETS = {  # name → control values
     "roomy pool": dict(policy="continuous", max_num_seqs=4, max_num_batched_tokens=64, pool="auto"),
     "small pool: preemption": dict(policy="continuous", max_num_seqs=4, max_num_batched_tokens=64, pool="8"),
@@ -35,25 +37,12 @@ PRESETS = {  # name → control values
 }
 
 
-def docstring_requests(tokenizer, num_requests: int, rate_per_s: float, seed: int = 0,
-                       prompt_tokens: tuple[int, int] = (16, 48), output_tokens: tuple[int, int] = (8, 24)) -> list[Request]:
-    """Requests of real text: the first 16–48 tokens of standard-library docstrings, 8–24 output tokens each,
-    arriving as a Poisson process of `rate_per_s` requests a second (seeded: the same list every time)."""
-    from ..corpus import stdlib_docstrings
-
-    positive_int("num_requests", num_requests)
-    if isinstance(rate_per_s, bool) or not isinstance(rate_per_s, (int, float)) or not math.isfinite(rate_per_s) \
-            or rate_per_s <= 0:
-        raise ValueError(f"the request rate must be a finite number of requests per second > 0, got {rate_per_s!r}")
-    rng = random.Random(seed)
-    docs = stdlib_docstrings()
-    picks = rng.sample(range(len(docs)), min(num_requests, len(docs)))
-    arrival_s, requests = 0.0, []
-    for i in range(num_requests):
-        ids = tokenizer.encode(docs[picks[i % len(picks)]][1])[:rng.randint(*prompt_tokens)]
-        arrival_s += rng.expovariate(rate_per_s)
-        requests.append(Request(ids, rng.randint(*output_tokens), round(arrival_s, 4)))
-    return requests
+def lab_requests(tokenizer, num_requests: int, rate_per_s: float, seed: int = 0) -> list[Request]:
+    """The lab's requests: kvlab.traces.chat_requests — real-text prompts, ShareGPT-shaped (log-normal) lengths,
+    Poisson arrivals of `rate_per_s` a second — scaled down to run in seconds on a CPU: prompts of mean 32 tokens
+    (at most 48), outputs of mean 16 (at most 24)."""
+    return chat_requests(tokenizer, num_requests, seed=seed, rate_per_s=rate_per_s, prompt_mean=LAB_PROMPT_MEAN,
+                         output_mean=LAB_OUTPUT_MEAN, max_prompt=LAB_MAX_PROMPT, max_output=LAB_MAX_OUTPUT)
 
 
 @dataclass(frozen=True)
@@ -89,7 +78,7 @@ class ServingLab:
     the slider. After a run: `result` (ServeResult), `snapshots` (the pool after each step, None without a
     pool) and `runs` (policy → (label, ServeResult), the last run of each).
 
-    requests_fn(num_requests, rate_per_s) → list[Request]; default: docstring_requests. step_s: None runs on the
+    requests_fn(num_requests, rate_per_s) → list[Request]; default: lab_requests. step_s: None runs on the
     wall clock (real times on this machine), a number on a StepClock (every step costs step_s: the same
     schedule on every machine)."""
 
@@ -100,7 +89,7 @@ class ServingLab:
         if policy not in POLICIES:
             raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
         self.model, self.tokenizer = model, tokenizer
-        self.requests_fn = requests_fn or (lambda n, rate: docstring_requests(tokenizer, n, rate, seed=seed))
+        self.requests_fn = requests_fn or (lambda n, rate: lab_requests(tokenizer, n, rate, seed=seed))
         self.block_size, self.cache, self.step_s = block_size, cache, step_s
         if step_s is not None:
             StepClock(step_s)  # ValueError now for a bad step
@@ -145,8 +134,9 @@ class ServingLab:
         result = engine.result()
         self.result, self.snapshots, self.settings = result, snapshots, settings
         self.runs[settings.policy] = (settings.label(), result)
-        self._status(f"ran {len(requests)} requests in {len(result.steps)} steps ({time.perf_counter() - started:.1f} s "
-                     f"here): {result.summary()}", colour="inherit")
+        took_s = time.perf_counter() - started
+        self._status(f"ran {len(requests)} requests in {len(result.steps)} steps ({took_s:.1f} s here): "
+                     f"{result.summary()}", colour="inherit")
         self._hold(lambda: setattr(self.slider, "max", len(result.steps) - 1))
         self._hold(lambda: setattr(self.slider, "value", 0))
         self._draw_run()
@@ -164,32 +154,39 @@ class ServingLab:
         """Draw the replay at the end of step k: Gantt line, pool, batch, running metrics."""
         result = self.result
         if result is None:
-            return
+            raise ValueError("nothing to replay yet: press run")
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < len(result.steps):
+            raise ValueError(f"the run has steps 0 to {len(result.steps) - 1}, not {k!r}")
         if self.slider.value != k:
             self._hold(lambda: setattr(self.slider, "value", k))
         record = result.steps[k]
         budget = result.max_num_batched_tokens
         self.step_label.value = (f"<b>{html.escape(describe_step(record))}</b><br>"
                                  f"{html.escape(describe_metrics(running_metrics(result, k)))}")
-        whole = self._drawn is not result  # the first step shown of a run: whole figures; later, what moves
-        self._drawn = result
-        _show(self.gantt_view, gantt_figure(result, upto_step=k), whole)
-        _show(self.batch_view, step_composition_figure(record, budget))
+        gantt = gantt_figure(result, upto_step=k)
+        batch = step_composition_figure(record, budget)
         snapshot = self.snapshots[k]
         if snapshot is not None:
-            fig = pool_figure(snapshot)
-            fig.update_layout(title=f"After step {k}: {fig.layout.title.text}")
+            pool = pool_figure(snapshot)
+            pool.update_layout(title=f"After step {k}: {pool.layout.title.text}")
         else:
-            fig = go.Figure(layout=dict(template="plotly_white", height=120,
-                                        title=f"the {result.cache!r} layout has no block pool"))
-        _show(self.pool_view, fig, whole)
-        if whole:
-            _show(self.metrics_view, running_metrics_figure(result, upto_step=k))
-            _show(self.occupancy_view, slot_occupancy_figure({label: run for label, run in self.runs.values()},
-                                                             upto_step=k))
-        else:
+            pool = go.Figure(layout=dict(template="plotly_white", height=120,
+                                         title=f"the {result.cache!r} layout has no block pool"))
+        same_run, self._drawn = self._drawn is result, result
+        if same_run and self._on_screen():  # the replay moved: edit what moves, in place
+            _show(self.gantt_view, gantt, whole=False, trace_keys=("marker.opacity",))
+            _show(self.batch_view, batch)
+            _show(self.pool_view, pool, whole=False)
             _move_now(self.metrics_view, k)
             _move_now(self.occupancy_view, k)
+            return
+        figures = (gantt, batch, pool, running_metrics_figure(result, upto_step=k),
+                   slot_occupancy_figure({label: run for label, run in self.runs.values()}, upto_step=k))
+        if self._on_screen():
+            for view, fig in zip(self._views(), figures):
+                _show(view, fig)
+        else:  # nothing displays the plots yet: new widgets with the whole figures, no edits for a front end to replay
+            self._create_views(figures)
 
     def read_settings(self) -> Settings:
         """The controls' values, checked (ValueError names the first bad one)."""
@@ -222,7 +219,7 @@ class ServingLab:
                                        style=style, layout=widgets.Layout(width="330px"))
         self.preset.add_class("kvlab-serving-preset")
         self.policy = widgets.ToggleButtons(options=list(POLICIES), value=policy, description="policy",
-                                            style={"button_width": "90px"})
+                                            style={"button_width": "105px"})
         self.policy.add_class("kvlab-serving-policy")
         self.max_num_seqs = widgets.IntText(value=max_num_seqs, description="max_num_seqs", style=style, layout=layout)
         self.budget = widgets.IntText(value=budget, description="token budget", style=style, layout=layout)
@@ -247,11 +244,9 @@ class ServingLab:
                                         layout=widgets.Layout(width="600px"))
         self.slider.add_class("kvlab-serving-slider")
         self.step_label = widgets.HTML().add_class("kvlab-serving-step-label")
-        self.gantt_view = _figure_widget("kvlab-serving-gantt", "requests over the run")
-        self.batch_view = _figure_widget("kvlab-serving-batch", "the batch of the replayed step")
-        self.pool_view = _figure_widget("kvlab-serving-pool", "the block pool after the replayed step")
-        self.metrics_view = _figure_widget("kvlab-serving-metrics", "throughput and TTFT so far")
-        self.occupancy_view = _figure_widget("kvlab-serving-occupancy", "slots and KV usage per step")
+        # the plots: made by the first run, with their first figures (see _create_views)
+        self.gantt_view = self.batch_view = self.pool_view = self.metrics_view = self.occupancy_view = None
+        self.plots = widgets.VBox([]).add_class("kvlab-serving-plots")
 
         self.preset.observe(lambda change: self._preset_chosen(change["new"]), names="value")
         self.run_button.on_click(lambda _: self._press(self.run))
@@ -266,8 +261,30 @@ class ServingLab:
             widgets.HBox([self.progress, self.status]),
         ]).add_class("kvlab-serving-controls")
         replay = widgets.HBox([self.step_button, self.slider]).add_class("kvlab-serving-replay")
-        return widgets.VBox([controls, self.message, replay, self.step_label, self.gantt_view, self.batch_view,
-                             self.pool_view, self.metrics_view, self.occupancy_view]).add_class("kvlab-serving-lab")
+        lab = widgets.VBox([controls, self.message, replay, self.step_label, self.plots])
+        return lab.add_class("kvlab-serving-lab")
+
+    def _create_views(self, figures) -> None:
+        """The five plots, each made with its first figure: the front end receives the whole figure when the
+        widget is created, not as edits to a placeholder (each FigureWidget model also carries plotly's ~5 MB
+        front-end module, so they are made once, when there is something to draw)."""
+        views = []
+        for fig, name in zip(figures, ("gantt", "batch", "pool", "metrics", "occupancy")):
+            view = go.FigureWidget(fig)
+            view.layout.width = PLOT_WIDTH_PX
+            view.add_class(f"kvlab-serving-{name}")
+            views.append(view)
+        self.gantt_view, self.batch_view, self.pool_view, self.metrics_view, self.occupancy_view = views
+        self.plots.children = views
+
+    def _views(self) -> tuple:
+        return self.gantt_view, self.batch_view, self.pool_view, self.metrics_view, self.occupancy_view
+
+    def _on_screen(self) -> bool:
+        """Whether a front end shows the plots (a FigureWidget counts its views). Plots made and edited before
+        any view exists can render wrongly — plotly's front end replays the edits onto the first state — so
+        until one is shown, a new figure makes new widgets."""
+        return self.gantt_view is not None and any(view._view_count for view in self._views())
 
     def _draw_run(self) -> None:
         replayable = self.result is not None and len(self.result.steps) > 0
@@ -326,23 +343,22 @@ def describe_step(record) -> str:
             + f" · {len(record.running)} running, {len(record.waiting)} waiting after it")
 
 
-def _figure_widget(css_class: str, title: str) -> go.FigureWidget:
-    view = go.FigureWidget(go.Figure(layout=dict(template="plotly_white", height=120, title=f"{title}: press run")))
-    view.layout.width = PLOT_WIDTH_PX
-    view.add_class(css_class)
-    return view
-
-
-def _show(view: go.FigureWidget, fresh: go.Figure, whole: bool = True) -> None:
-    """Show `fresh` in the live widget: traces updated in place when they have the same kinds, else replaced;
-    the whole layout, or (whole=False, the same run replayed at another step) only its title, shapes and
+def _show(view: go.FigureWidget, fresh: go.Figure, whole: bool = True, trace_keys=None) -> None:
+    """Show `fresh` in the live widget: traces updated in place when they have the same kinds (only their
+    `trace_keys` when given: the Gantt chart of one run changes only marker.opacity), else replaced; the
+    whole layout, or (whole=False, the same run replayed at another step) only its title, shapes and
     annotations — the template is not sent again."""
     if [t.type for t in view.data] != [t.type for t in fresh.data]:
-        view.data = ()
+        if view.data:
+            view.data = ()
         view.add_traces(list(fresh.data))
     else:
         with view.batch_update():
             for shown, trace in zip(view.data, fresh.data):
+                if trace_keys is not None:  # property paths, e.g. "marker.opacity"
+                    for key in trace_keys:
+                        shown[key] = trace[key]
+                    continue
                 trace = trace.to_plotly_json()
                 trace.pop("type")
                 shown.update(trace, overwrite=True)
