@@ -10,8 +10,9 @@ beside what is commonly claimed about them (CLAIMS.md 19–21).
 3. chunked prefill — short requests decoding when a long prompt arrives, and more short ones arriving while it is
    prefilled: the decode stall (ITL) and the TTFTs with a small token budget (chunks) vs one ≥ the prompt.
 4. latency vs throughput — the same requests arriving as a Poisson process at rising rates (fractions of the
-   capacity measured in 2): throughput, TTFT p50/p99, and whether requests pile up in the engine faster than
-   they leave (backlog_growth), the sign of a queue that grows without bound.
+   capacity measured in 2, a lower bound: its long-tailed last requests run nearly alone): throughput, TTFT
+   p50/p99, and whether requests pile up in the engine faster than they leave (backlog_growth), the sign of a
+   queue that grows without bound.
 Caches are paged without prefix caching, so that only batching differs. Times are wall-clock seconds.
 """
 from __future__ import annotations
@@ -260,7 +261,7 @@ def _claims(report: dict) -> list[dict]:
          "verdict": (f"TTFT p99 < {TTFT_TARGET_S * 1e3:.0f} ms up to {best:.2f} req/s" if best is not None
                      else f"TTFT p99 ≥ {TTFT_TARGET_S * 1e3:.0f} ms at every swept rate"),
          "why": f"{cost}. TTFT is a prompt's prefill plus its wait for a slot and a step; past the capacity "
-                f"(~{sweep['capacity_req_s']:.2f} req/s measured with all requests at once) requests pile up "
+                f"(~{sweep['capacity_req_s']:.2f} req/s measured with all requests at once, a lower bound) requests pile up "
                 + (f"(from {sweep['queue_grows_from_rate_per_s']:.2f} req/s in this sweep)"
                    if sweep["queue_grows_from_rate_per_s"] is not None else "(not within this sweep)")
                 + " and TTFT grows with the queue."},
@@ -403,7 +404,8 @@ def print_report(report: dict) -> None:
               f"{_ms(r['late_ttft_p50_s']):>13} {_ms(r['late_ttft_p99_s']):>7} {_ms(r['early_itl_p99_s']):>13} "
               f"{_ms(r['early_itl_max_s']):>7}")
     sw = report["rate_sweep"]
-    print(f"\n4. Poisson arrivals, continuous batching; capacity measured in 2: {sw['capacity_req_s']:.2f} req/s")
+    print(f"\n4. Poisson arrivals, continuous batching; capacity measured in 2 (a lower bound): "
+          f"{sw['capacity_req_s']:.2f} req/s")
     print(f"{'req/s':>6} {'load':>5} {'tok/s':>6} {'TTFT p50':>9} {'p99':>7} {'e2e p50':>8} {'in engine':>9} "
           f"{'backlog growth':>14} {'queue':>6} {'queued share':>12}")
     for r in sw["rows"]:
