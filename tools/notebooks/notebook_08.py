@@ -92,9 +92,10 @@ for o in small.outputs:
           f"finished {o.finish_s:.0f}s, TPOT {o.tpot_s:.1f}  {o.text!r}")
 """),
     md("""
-Read it against the rules: request 0's prompt is longer than the budget, so it takes two steps of chunks; request
-1 joins in the step where budget is left; requests 2 and 3 wait for their arrival and are then admitted beside the
-decoding ones. The same requests alone through `kvlab.generate` give the same tokens — the engine is checked
+Read it against the rules: request 0's whole prompt (6 tokens) fits the budget of 8, so request 1 gets the 2
+tokens left and finishes its prompt in the next step, beside request 0's first decode token (a chunked prefill);
+request 2 is admitted the step it arrives; request 3 arrives at t = 3 but waits until step 5, because all
+`max_num_seqs` = 3 slots are busy until request 1 finishes. The same requests alone through `kvlab.generate` give the same tokens — the engine is checked
 against `generate` (and so against HF transformers) under chunked prefill and forced preemption in
 `tests/test_serve.py`:
 """),
