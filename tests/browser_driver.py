@@ -54,9 +54,22 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def clean_copy(notebook: pathlib.Path, target: pathlib.Path) -> None:
-    """Copy a notebook without its outputs and saved widget state, so that only a fresh run can draw widgets."""
+SETUP_CELL = "model, tokenizer = kvlab.load_model("  # every notebook's setup cell loads the model this way
+
+
+def clean_copy(notebook: pathlib.Path, target: pathlib.Path, code_cells: tuple[str, ...] | None = None) -> None:
+    """Copy a notebook without its outputs and saved widget state, so that only a fresh run can draw widgets.
+
+    `code_cells`: keep only the code cells whose source contains one of these strings, besides the parameters
+    cell and the setup cell (the lab alone, for a browser test: nbval runs the whole notebook already)."""
     nb = json.loads(notebook.read_text())
+    if code_cells is not None:
+        wanted = (SETUP_CELL, *code_cells)
+        kept = [c for c in nb["cells"] if c["cell_type"] != "code" or "parameters" in c["metadata"].get("tags", [])
+                or any(w in "".join(c["source"]) for w in wanted)]
+        found = {w for w in wanted if any(w in "".join(c["source"]) for c in kept if c["cell_type"] == "code")}
+        assert found == set(wanted), f"{notebook.name} has no code cell with {sorted(set(wanted) - found)}"
+        nb["cells"] = kept
     for cell in nb["cells"]:
         if cell["cell_type"] == "code":
             cell["outputs"], cell["execution_count"] = [], None
@@ -270,23 +283,27 @@ def repo_notebook(name: str) -> pathlib.Path:
 
 
 @contextlib.contextmanager
-def lab_for_test(tmp_path_factory, notebook: pathlib.Path, artifact_prefix: str, server_log: str):
+def lab_for_test(tmp_path_factory, notebook: pathlib.Path, artifact_prefix: str, server_log: str,
+                 code_cells: tuple[str, ...] | None = None):
     """A test's JupyterLab (lab_serving in a fresh temporary home) after deleting the screenshots an earlier run
-    left in test-artifacts/ under `artifact_prefix`; the server's log is kept there as `server_log`."""
+    left in test-artifacts/ under `artifact_prefix`; the server's log is kept there as `server_log`.
+    `code_cells`: as clean_copy's (None: the whole notebook)."""
     for stale in ARTIFACTS.glob(f"{artifact_prefix}_*.png"):
         stale.unlink()
     home = tmp_path_factory.mktemp("kvlab-browser")
-    with lab_serving(NOTEBOOKS, notebook, home, ARTIFACTS / server_log) as server:
+    with lab_serving(NOTEBOOKS, notebook, home, ARTIFACTS / server_log, code_cells) as server:
         yield server
 
 
 @contextlib.contextmanager
-def lab_serving(notebooks: pathlib.Path, notebook: pathlib.Path, home: pathlib.Path, server_log: pathlib.Path):
-    """JupyterLab on a clean copy of the `notebooks` folder in `home` (with `notebook`'s outputs cleared); its log
-    is copied to `server_log` afterwards, and nothing it started may be left running."""
+def lab_serving(notebooks: pathlib.Path, notebook: pathlib.Path, home: pathlib.Path, server_log: pathlib.Path,
+                code_cells: tuple[str, ...] | None = None):
+    """JupyterLab on a clean copy of the `notebooks` folder in `home` (with `notebook`'s outputs cleared, and only
+    `code_cells` kept if given); its log is copied to `server_log` afterwards, and nothing it started may be left
+    running."""
     root = home / "notebooks"
     shutil.copytree(notebooks, root, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
-    clean_copy(notebook, root / notebook.name)
+    clean_copy(notebook, root / notebook.name, code_cells)
     server = JupyterLab(root, home)
     try:
         server.start()

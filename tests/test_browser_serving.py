@@ -3,7 +3,8 @@
 What tests/test_serving_figures.py cannot see: that the lab renders in JupyterLab and that its own controls (the
 step button, the replay slider, the pool text box and the run button) reach the kernel and redraw the plots. The
 test copies notebooks/ to a temporary folder, starts JupyterLab on it, opens NOTEBOOK (its lab cell is
-`lab = ServingLab(model, tokenizer); lab`, which serves the requests once on the real model), runs all cells and
+`lab = ServingLab(model, tokenizer); lab`, which serves the requests once on the real model) with only its
+parameters, setup and lab cells kept (nbval runs the whole notebook), runs all cells and
 waits for the lab's Gantt chart to show the replay at step 0 (its "now" line at the end of step 0, x = 0.5, and
 the step label "Step 0 ..."), screenshots the lab (test-artifacts/serving_lab_step0.png), presses step and waits
 for the line and the label to reach step 1 (serving_lab_step1.png), then moves the replay slider with the keyboard
@@ -32,6 +33,7 @@ from browser_driver import (ARTIFACTS, JupyterLab, browser_page, dismiss_popups,
 pytestmark = pytest.mark.browser
 
 NOTEBOOK = "08_continuous_batching.ipynb"
+LAB_CELLS = ("lab = ServingLab(model",)  # and the parameters and setup cells: nbval runs the rest
 WIDGET = ".kvlab-serving-lab"
 GANTT = f"{WIDGET} .js-plotly-plot.kvlab-serving-gantt"
 POOL = f"{WIDGET} .js-plotly-plot.kvlab-serving-pool"
@@ -41,7 +43,7 @@ SLIDER = ".kvlab-serving-slider"
 STEP_BUTTON = "button.kvlab-serving-step"
 RUN_BUTTON = "button.kvlab-serving-run"
 POOL_TEXT = ".kvlab-serving-pool-blocks input"
-RUN_TIMEOUT_S = 900  # run-all on a 2-core CPU: static vs continuous, step costs, chunked prefill and a rate sweep
+RUN_TIMEOUT_S = 300  # run-all of the lab's cells on a 2-core CPU: model load, then the lab's first run
 # on the wall clock before the lab, then the lab's first run
 CHANGE_TIMEOUT_S = 30  # one replayed step redraws five plots in the kernel; no model runs
 TARGET_STEP = 4  # where the slider takes the replay
@@ -61,7 +63,8 @@ def chromium(notebook_path) -> str:
 @pytest.fixture
 def lab(tmp_path_factory, notebook_path, chromium):
     """JupyterLab on a clean copy of notebooks/; afterwards nothing it started may be left running."""
-    with lab_for_test(tmp_path_factory, notebook_path, "serving_lab", "serving_lab_jupyter_server.log") as server:
+    with lab_for_test(tmp_path_factory, notebook_path, "serving_lab", "serving_lab_jupyter_server.log",
+                      code_cells=LAB_CELLS) as server:
         yield server
 
 

@@ -2,7 +2,7 @@
 
 Greedy tokens must be identical for every exact cache layout, batch 1 and ragged batches, and the
 last-position logits must agree to 1e-3 relative. The lossy "quantized" layout is held to the oracle by how
-far it strays: int8 keeps HF's tokens, and its logits stay within a few percent.
+far it strays: int8 keeps HF's tokens (but at HF's own near ties), and its logits stay within a few percent.
 """
 from __future__ import annotations
 
@@ -148,11 +148,29 @@ def test_paged_triton_kernels_give_hf_tokens_on_a_ragged_batch(model, tokenizer,
     assert result.token_ids == [hf_greedy[0][:6], hf_greedy[1][:6]]
 
 
+INT8_NEAR_TIE = 0.01  # a top-2 logit gap under 1 % of the largest logit: int8's error (~0.5 %) may decide it
+
+
 @pytest.mark.parametrize("prompt_index", range(len(PROMPTS)))
-def test_int8_quantized_cache_keeps_hf_greedy_tokens(model, tokenizer, hf_greedy, prompt_index):
+def test_int8_quantized_cache_keeps_hf_greedy_tokens(model, tokenizer, hf_oracle, hf_greedy, prompt_index):
+    """int8 keeps HF's tokens except where HF itself nearly tied: if the tokens part, the first token that differs
+    must be one where HF's best two logits lie within INT8_NEAR_TIE of each other (prompt 2's sixth token is such a
+    near tie, 0.09 in 23: it flips on some CPUs, whose float sums round the K/V to other int8 levels). A broken
+    quantizer parts at a clear choice and fails."""
+    hf_model, _ = hf_oracle
     result = kvlab.generate(model, tokenizer, PROMPTS[prompt_index], max_new_tokens=NEW_TOKENS, cache="quantized",
                             scheme="int8")
-    assert result.token_ids[0] == hf_greedy[prompt_index]
+    ours, reference = result.token_ids[0], hf_greedy[prompt_index]
+    if ours == reference:
+        return
+    parted = next(i for i, (a, b) in enumerate(zip(ours, reference)) if a != b)
+    ids = torch.tensor([tokenizer.encode(PROMPTS[prompt_index]) + reference[:parted]])
+    with torch.no_grad():
+        logits = hf_model(ids).logits[0, -1].float()  # [vocab]
+    best, second = logits.topk(2).values.tolist()
+    gap = (best - second) / logits.abs().max().item()
+    assert gap < INT8_NEAR_TIE, (f"int8 parted from HF at token {parted} ({ours[parted]} vs {reference[parted]}) "
+                                 f"where HF's top-2 gap is {gap:.2%} of its largest logit, not a near tie")
 
 
 @pytest.mark.parametrize("scheme, tolerance", [("int8", 0.02), ("fp8", 0.05), ("int4", 0.3), ("kivi2", 0.3)])
