@@ -42,6 +42,18 @@ def test_chunked_prefill_and_preemption_keep_every_requests_greedy_tokens(model,
     assert all(s.prefill_tokens + s.decode_tokens <= 6 for s in result.steps)
 
 
+@pytest.mark.parametrize("layout", ["paged", "prefix"])
+def test_requests_swapped_to_the_file_tier_and_back_mid_generation_keep_their_greedy_tokens(model, tokenizer, alone,
+                                                                                            layout):
+    result = kvlab.serve(model, tokenizer, requests(), cache=layout, block_size=BS, num_blocks=tight_pool(tokenizer),
+                         max_num_seqs=4, max_num_batched_tokens=6, stop_at_eos=False, clock=StepClock(),
+                         preemption="swap")
+    assert result.token_ids == alone
+    swapped = [seq for s in result.steps for seq in s.swapped_out]
+    assert swapped and sorted(swapped) == sorted(seq for s in result.steps for seq in s.swapped_in)
+    assert not any(s.tier_faults for s in result.steps) and result.steps[-1].tier_blocks_used == 0
+
+
 def test_contiguous_and_none_layouts_run_through_the_same_loop(model, tokenizer, alone):
     for layout, budget in (("contiguous", 6), ("none", 64)):
         result = kvlab.serve(model, tokenizer, requests(), cache=layout, max_num_seqs=2,

@@ -10,6 +10,8 @@ from .prefix_cached import PrefixCachedPagedCache, PrefixEvent, PrefixStats
 from .prefix_index import PrefixIndex, chain_hash
 from .quantization import SCHEMES as QUANT_SCHEMES, QuantScheme, make_scheme
 from .quantized import QuantizedPagedCache
+from .swap import SwappedOut, swap_in, swap_out
+from .tier import TIER_KINDS, BlockTier, TierCorrupt, TierError, TierFull, TierUnavailable
 from .region_allocator import NoFreeRegion, RegionAllocator  # the fragmentation lab's contiguous allocator
 
 CACHE_LAYOUTS = ("none", "contiguous", "paged", "prefix", "quantized")
@@ -56,4 +58,6 @@ def make_cache(name: str, config, device, dtype, max_batch: int, max_len: int, *
 __all__ = ["KVCache", "Step", "NoCache", "ContiguousCache", "PagedCache", "BlockAllocator", "PoolExhausted",
            "blocks_for", "RegionAllocator", "PrefixCachedPagedCache", "PrefixEvent", "PrefixStats", "PrefixIndex",
            "CachingBlockAllocator", "chain_hash", "LAYOUT_OPTIONS", "check_cache_options", "NoFreeRegion", "CACHE_LAYOUTS", "EXACT_LAYOUTS", "make_cache",
-           "QuantizedPagedCache", "QuantScheme", "make_scheme", "QUANT_SCHEMES"]
+           "QuantizedPagedCache", "QuantScheme", "make_scheme", "QUANT_SCHEMES",
+           "BlockTier", "TIER_KINDS", "TierError", "TierFull", "TierCorrupt", "TierUnavailable", "SwappedOut", "swap_in",
+           "swap_out"]

@@ -100,6 +100,34 @@ class PagedCache(KVCache):
             for pool in pools:
                 pool[target] = pool[source]
 
+    # --- blocks as bytes, for the tier below the pool (kvlab.cache.swap) -----------------------------------
+    can_swap = True
+
+    def export_blocks(self, blocks: list[int]) -> torch.Tensor:
+        """K and V of `blocks` in every layer, one row of block_bytes() per block: [n, block_bytes] uint8."""
+        ids = torch.tensor(blocks, dtype=torch.int64, device=self.device)
+        layers = [torch.stack((k[ids], v[ids]), dim=1) for k, v in zip(self.k_pools, self.v_pools)]  # [n, 2, bs, H, D]
+        data = torch.stack(layers, dim=1)  # [n, layers, 2, block_size, kv_heads, head_dim]
+        return data.view(torch.uint8).reshape(len(blocks), -1)
+
+    def import_blocks(self, blocks: list[int], data: torch.Tensor) -> None:
+        """Write rows of export_blocks' layout back into `blocks` (the pool's own dtype, bit for bit)."""
+        cfg = self.config
+        assert data.shape == (len(blocks), self.block_bytes()) and data.dtype == torch.uint8, data.shape
+        kv = data.to(self.device).view(self.dtype).view(len(blocks), cfg.num_layers, 2, self.block_size,
+                                                        cfg.num_kv_heads, cfg.head_dim)
+        ids = torch.tensor(blocks, dtype=torch.int64, device=self.device)
+        for layer, (k, v) in enumerate(zip(self.k_pools, self.v_pools)):
+            k[ids] = kv[:, layer, 0]
+            v[ids] = kv[:, layer, 1]
+
+    def swap_token_ids(self, seq_id: int) -> tuple[int, ...] | None:
+        """What a swapped-out sequence must remember besides its K/V (the prefix layout: its token ids)."""
+        return None
+
+    def restore_swapped(self, seq_id: int, swapped) -> None:
+        """After swap_in has put the sequence's blocks back (the prefix layout hashes them again)."""
+
     # --- one step ------------------------------------------------------------------------------------
     def _prepare(self, step: Step) -> None:
         self._grow_tables(step)

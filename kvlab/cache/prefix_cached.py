@@ -142,6 +142,15 @@ class PrefixCachedPagedCache(PagedCache):
         self.block_hashes[child] = list(self.block_hashes[parent])
         self._log("fork", child, tuple(table), f"seq {child} forked from seq {parent}: shares all {len(table)} blocks")
 
+    def swap_token_ids(self, seq_id: int) -> tuple[int, ...]:
+        return tuple(self.token_ids[seq_id])
+
+    def restore_swapped(self, seq_id: int, swapped) -> None:
+        """Blocks back from the tier are fresh copies: hash them again; one whose content is still cached in the
+        pool merges into that block (the copy is freed), the others are cached anew."""
+        self.token_ids[seq_id], self.block_hashes[seq_id] = list(swapped.token_ids), []
+        self._register_full_blocks(seq_id)
+
     # --- one step ------------------------------------------------------------------------------------
     def _grow_tables(self, step: Step) -> None:
         if step.new_token_ids is None:

@@ -117,6 +117,8 @@ class QuantizedPagedCache(PagedCache):
                              f"(max_seqs={self.max_seqs})")
         self.recent_slots[seq_id] = self._free_recent.pop()
 
+    can_swap = False  # its blocks live in code and scale pools and a recent-rows buffer: not swapped (yet)
+
     def can_add_sequence(self) -> bool:
         return not self.scheme.keeps_recent or bool(self._free_recent)
 

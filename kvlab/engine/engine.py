@@ -15,9 +15,12 @@ import time
 import torch
 
 from ..cache import KVCache, PoolExhausted
+from ..cache.swap import check_can_swap
+from ..cache.tier import BlockTier
 from ..checks import positive_int
 from .clock import StepClock, WallClock
 from .metrics import RequestOutput, ServeResult, StepRecord
+from .offload import PREEMPTION_MODES, OffloadCosts, measure_offload_costs
 from .request import Request, Sequence, Status
 from .runner import run_chunks, sync
 from .sampling import check_sampling_args, sample_next
@@ -40,20 +43,41 @@ def encode_prompt(tokenizer, prompt: str | list[int], chat: bool, config, index:
     return ids
 
 
+def default_tier(cache) -> BlockTier:
+    """The tier below a pool when none is given: as many blocks as the pool, in pinned host memory on CUDA, in a
+    memory-mapped file in a temporary folder on a machine whose pool already lives in host memory."""
+    kind = "pinned" if cache.device.type == "cuda" else "file"
+    return BlockTier(cache.block_bytes(), capacity_blocks=cache.allocator.num_blocks, kind=kind)
+
+
 class Engine:
     def __init__(self, model, tokenizer, cache: KVCache, max_num_seqs: int = 8, max_num_batched_tokens: int = 2048,
                  policy: str = "continuous", temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
                  chat: bool = False, stop_at_eos: bool = True, stop_token_ids: list[int] | None = None,
-                 clock: WallClock | StepClock | None = None, on_step=None):
+                 clock: WallClock | StepClock | None = None, on_step=None, preemption: str = "recompute",
+                 tier=None, offload_costs: OffloadCosts | None = None):
         positive_int("max_num_seqs", max_num_seqs)
         positive_int("max_num_batched_tokens", max_num_batched_tokens)
         if policy not in POLICIES:
             raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
+        if preemption not in PREEMPTION_MODES:
+            raise ValueError(f"unknown preemption {preemption!r}; choose one of {', '.join(PREEMPTION_MODES)}")
+        if preemption == "swap":
+            check_can_swap(cache)
         check_sampling_args(temperature, top_p)
         if cache.device != model.device or cache.dtype != model.dtype:
             raise ValueError(f"the cache holds {cache.dtype} on {cache.device}, the model runs {model.dtype} on {model.device}")
         self.model, self.tokenizer, self.cache = model, tokenizer, cache
-        self.scheduler = Scheduler(cache, max_num_seqs, max_num_batched_tokens, policy)
+        swaps = preemption != "recompute" and getattr(cache, "can_swap", False)
+        if swaps and tier is None:
+            tier = default_tier(cache)
+        if swaps and tier.block_bytes != cache.block_bytes():
+            raise ValueError(f"the tier stores blocks of {tier.block_bytes} bytes, the pool's are {cache.block_bytes()}")
+        if swaps and preemption == "auto" and offload_costs is None:
+            offload_costs = measure_offload_costs(model, cache, tier)
+        self.tier, self.offload_costs = (tier, offload_costs) if swaps else (None, None)
+        self.scheduler = Scheduler(cache, max_num_seqs, max_num_batched_tokens, policy, preemption, self.tier,
+                                   self.offload_costs)
         self.temperature, self.top_p, self.chat = temperature, top_p, chat
         eos = [tokenizer.eos_token_id] if tokenizer is not None else [model.config.eos_token_id]
         self.stop_token_ids = set(stop_token_ids if stop_token_ids is not None else eos) if stop_at_eos else set()
@@ -201,7 +225,11 @@ class Engine:
             waiting=tuple(s.seq_id for s in sched.waiting if s.arrival_s <= end_s),
             max_num_seqs=sched.max_num_seqs, blocks_used=total - free if total is not None else None,
             blocks_total=total, kv_usage=cache.usage(), kv_bytes_read=kv_bytes, weight_bytes_read=weight_bytes,
-            context_len=context_len, tokens_out=tokens_out)
+            context_len=context_len, tokens_out=tokens_out,
+            swapped_out=tuple(c.seq_id for c in batch.choices if c.mode == "swap"),
+            swapped_in=tuple(s.seq_id for s in batch.swapped_in),
+            preemption_reasons=tuple(f"seq {c.seq_id}: {c.mode} — {c.reason}" for c in batch.choices),
+            tier_faults=tuple(batch.faults), tier_blocks_used=self.tier.num_used if self.tier is not None else None)
 
     def run(self, progress: bool = False) -> ServeResult:
         """Step until every request has finished (a progress bar over requests on request)."""
@@ -225,6 +253,10 @@ class Engine:
             self.scheduler.running.remove(seq)
             seq.status = Status.WAITING
             self.scheduler.waiting.appendleft(seq)
+        for seq_id, swapped in list(self.scheduler.swapped.items()):  # their tier slots too: they will recompute
+            self.tier.free(list(swapped.slots))
+            del self.scheduler.swapped[seq_id]
+            self.sequences[seq_id].prefilled = False
 
     # --- results -------------------------------------------------------------------------------------------
     def result(self) -> ServeResult:

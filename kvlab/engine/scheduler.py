@@ -4,8 +4,11 @@ Every step it forms one batch under two limits — `max_num_seqs` sequences and 
 1. running sequences first, in admission order: one token each when decoding, a budget-sized chunk of the rest
    of their context when prefilling (chunked prefill: a long prompt takes several steps, beside others' decode);
 2. when the pool cannot give a running sequence the blocks it needs, the most recently admitted running
-   sequence is preempted (recompute: its blocks are freed, it goes back to the front of the waiting queue and
-   later prefills its prompt and output so far again, with prefix-cache hits where the layout has them);
+   sequence is preempted: its blocks are freed and it goes back to the front of the waiting queue. Then either
+   *recompute* — it later prefills its prompt and output so far again, with prefix-cache hits where the layout
+   has them — or *swap* — its K/V was first copied to the tier below the pool, and is copied back when it is
+   admitted again. preemption="auto" chooses per sequence from measured costs (kvlab.engine.offload); a tier
+   fault (full, corrupt, gone) is logged and the sequence is recomputed instead: nothing is lost;
 3. then, if nothing was preempted, waiting sequences that have arrived, first come first served, while
    sequences, budget and blocks last.
 policy="static" admits only when nothing is running (request-level batching: a batch runs until its last
@@ -18,7 +21,10 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from ..cache import KVCache
+from ..cache import KVCache, blocks_for
+from ..cache.swap import swap_in, swap_out
+from ..cache.tier import TierError
+from .offload import PREEMPTION_MODES, PreemptionChoice, choose_preemption
 from .request import Sequence, Status
 
 POLICIES = ("continuous", "static")
@@ -29,6 +35,9 @@ class ScheduledBatch:
     chunks: list[tuple[Sequence, int]] = field(default_factory=list)  # (sequence, new tokens this step)
     preempted: list[Sequence] = field(default_factory=list)
     admitted: list[Sequence] = field(default_factory=list)
+    choices: list[PreemptionChoice] = field(default_factory=list)  # one per preempted sequence: swap or recompute, why
+    swapped_in: list[Sequence] = field(default_factory=list)
+    faults: list[str] = field(default_factory=list)  # tier faults met this step (each recovered by recomputing)
 
     @property
     def num_tokens(self) -> int:
@@ -36,10 +45,17 @@ class ScheduledBatch:
 
 
 class Scheduler:
-    def __init__(self, cache: KVCache, max_num_seqs: int, max_num_batched_tokens: int, policy: str = "continuous"):
+    def __init__(self, cache: KVCache, max_num_seqs: int, max_num_batched_tokens: int, policy: str = "continuous",
+                 preemption: str = "recompute", tier=None, costs=None):
         if policy not in POLICIES:
             raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
+        if preemption not in PREEMPTION_MODES:
+            raise ValueError(f"unknown preemption {preemption!r}; choose one of {', '.join(PREEMPTION_MODES)}")
+        assert preemption == "recompute" or tier is not None, "swap preemption needs a tier"
+        assert preemption != "auto" or costs is not None, "auto preemption needs measured costs"
         self.cache = cache
+        self.preemption, self.tier, self.costs = preemption, tier, costs
+        self.swapped: dict[int, object] = {}  # seq_id → its SwappedOut while its K/V is in the tier
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.policy = policy
@@ -89,16 +105,21 @@ class Scheduler:
             seq = self.waiting[0]
             if seq.arrival_s > now_s or (budget == 0 and self.policy == "continuous"):
                 break
-            cached, _ = self.cache.blocks_to_add(seq.token_ids, 0)
+            swapped = self.swapped.get(seq.seq_id)
+            cached = swapped.length if swapped else self.cache.blocks_to_add(seq.token_ids, 0)[0]
             count = self._chunk(seq, budget, cached)
             if count == 0 and self.policy == "continuous":
                 break
-            _, blocks = self.cache.blocks_to_add(seq.token_ids, count)
+            blocks = (blocks_for(cached + count, self.cache.block_size) if swapped
+                      else self.cache.blocks_to_add(seq.token_ids, count)[1])
             if blocks > self._blocks_free() - promised:
                 break
+            if swapped and not self._swap_in(seq, swapped, batch):
+                continue  # the tier lost it: admitted next time round as a recompute
             self.waiting.popleft()
-            got = self.cache.add_sequence(seq.seq_id, seq.max_kv_tokens, seq.token_ids)
-            assert got == cached, f"the prefix cache served {got} tokens, blocks_to_add said {cached}"
+            if not swapped:
+                got = self.cache.add_sequence(seq.seq_id, seq.max_kv_tokens, seq.token_ids)
+                assert got == cached, f"the prefix cache served {got} tokens, blocks_to_add said {cached}"
             if seq.first_scheduled_s is None:
                 seq.first_scheduled_s = now_s
                 seq.cached_prompt_tokens = cached
@@ -127,13 +148,36 @@ class Scheduler:
         return free if free is not None else 1 << 62
 
     def _preempt(self, seq: Sequence, batch: ScheduledBatch) -> None:
-        """Recompute preemption: free every block, back to the front of the waiting queue, tokens kept."""
-        self.cache.free_sequence(seq.seq_id)
+        """Free every block (its K/V copied to the tier first when swapping), back to the front of the waiting
+        queue, tokens kept."""
+        choice = choose_preemption(self.preemption, self.cache, seq.seq_id, self.costs)
+        if choice.mode == "swap":
+            try:
+                self.swapped[seq.seq_id] = swap_out(self.cache, seq.seq_id, self.tier)
+            except TierError as fault:  # nothing moved: recompute it instead
+                batch.faults.append(f"seq {seq.seq_id} swap-out: {fault}")
+                choice = PreemptionChoice(seq.seq_id, "recompute", f"the tier refused its blocks ({fault})")
+        if choice.mode == "recompute":
+            self.cache.free_sequence(seq.seq_id)
+            seq.prefilled = False
         self.running.remove(seq)
-        seq.status, seq.prefilled = Status.WAITING, False
+        seq.status = Status.WAITING
         seq.num_preemptions += 1
         self.waiting.appendleft(seq)
         batch.preempted.append(seq)
+        batch.choices.append(choice)
+
+    def _swap_in(self, seq: Sequence, swapped, batch: ScheduledBatch) -> bool:
+        """Copy a swapped sequence's K/V back; on a tier fault it becomes a recompute (False: not admitted now)."""
+        del self.swapped[seq.seq_id]
+        try:
+            swap_in(self.cache, seq.seq_id, seq.max_kv_tokens, swapped, self.tier)
+        except TierError as fault:
+            batch.faults.append(f"seq {seq.seq_id} swap-in: {fault}; recomputing its {swapped.length} tokens")
+            seq.prefilled = False
+            return False
+        batch.swapped_in.append(seq)
+        return True
 
     def _check(self, batch: ScheduledBatch) -> None:
         assert batch.num_tokens <= self.max_num_batched_tokens, "token budget exceeded"
@@ -141,6 +185,7 @@ class Scheduler:
         assert len({s.seq_id for s, _ in batch.chunks}) == len(batch.chunks), "a sequence scheduled twice"
         assert all(s.status is Status.RUNNING for s, _ in batch.chunks)
         assert not {s.seq_id for s in self.waiting} & {s.seq_id for s in self.running}, "a sequence in two queues"
+        assert set(self.swapped) <= {s.seq_id for s in self.waiting}, "a swapped-out sequence that is not waiting"
 
     # --- after the step ------------------------------------------------------------------------------
     def finish(self, seq: Sequence) -> None:

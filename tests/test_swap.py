@@ -1,0 +1,170 @@
+"""Swap preemption on the stand-in model (tests/stand_in.py): requests swapped to the tier and back give the tokens
+they get alone; after every step no block is in two places and neither tier leaks; every tier fault — full,
+corrupt, vanished, unwritable — is logged and recovered by recomputing, never a lost request or a wrong token."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from kvlab.cache import make_cache
+from kvlab.cache.tier import BlockTier
+from kvlab.engine import Engine, Request, StepClock
+from kvlab.engine.offload import OffloadCosts
+from stand_in import STAND_IN, stand_in_model
+from test_scheduler import BS, check_block_ownership, check_queues, random_requests
+
+
+@pytest.fixture(scope="module")
+def stand_in():
+    return stand_in_model()
+
+
+@pytest.fixture(scope="module")
+def requests():
+    return random_requests(40, seed=2, shared_prefixes=2, rate=4.0)
+
+
+@pytest.fixture(scope="module")
+def alone(stand_in, requests):
+    """Each request's tokens, run by itself in a roomy pool."""
+    tokens = []
+    for request in requests:
+        engine = swap_engine(stand_in, "paged", num_blocks=64, max_num_seqs=1, budget=256, preemption="recompute")
+        engine.add_request(Request(request.prompt, request.max_new_tokens))
+        tokens.append(engine.run().outputs[0].token_ids)
+    return tokens
+
+
+def swap_engine(model, layout="paged", num_blocks=16, max_num_seqs=4, budget=8, preemption="swap", tier=None,
+                tier_blocks=64, costs=None):
+    cache = make_cache(layout, STAND_IN, "cpu", torch.float32, max_batch=max_num_seqs, max_len=96, block_size=BS,
+                       num_blocks=num_blocks)
+    if tier is None and preemption != "recompute":
+        tier = BlockTier(cache.block_bytes(), capacity_blocks=tier_blocks, kind="file")
+    return Engine(model, None, cache, max_num_seqs=max_num_seqs, max_num_batched_tokens=budget, clock=StepClock(),
+                  stop_at_eos=False, preemption=preemption, tier=tier, offload_costs=costs)
+
+
+def check_tier(engine):
+    """The tier holds exactly the swapped-out sequences' blocks, each once, within its capacity."""
+    tier, swapped = engine.tier, engine.scheduler.swapped
+    slots = [slot for s in swapped.values() for slot in s.slots]
+    assert len(slots) == len(set(slots)), "a tier slot holds two blocks"
+    assert set(slots) == tier.used_slots, "a tier slot leaked or was lost"
+    assert tier.num_used <= tier.capacity
+    assert not set(swapped) & set(engine.cache.lengths), "a sequence both in the pool and in the tier"
+
+
+def run_checked(engine, requests, between_steps=None):
+    for request in requests:
+        engine.add_request(request)
+    while engine.has_unfinished():
+        engine.step()
+        check_queues(engine)
+        check_block_ownership(engine.cache)
+        check_tier(engine)
+        if between_steps is not None:
+            between_steps(engine)
+    return engine.result()
+
+
+@pytest.mark.parametrize("layout", ["paged", "prefix"])
+def test_swapped_requests_give_the_tokens_they_get_alone_and_nothing_is_in_two_places(stand_in, requests, alone,
+                                                                                      layout):
+    engine = swap_engine(stand_in, layout)
+    result = run_checked(engine, requests)
+    assert result.token_ids == alone
+    swapped_out = [seq for s in result.steps for seq in s.swapped_out]
+    assert len(swapped_out) >= 5 and sorted(swapped_out) == sorted(seq for s in result.steps for seq in s.swapped_in)
+    assert len(swapped_out) == result.num_preemptions, "preemption='swap' swaps every victim"
+    assert engine.tier.num_used == 0 and engine.tier.stats.blocks_written == engine.tier.stats.blocks_read > 0
+    assert all("swap — preemption='swap'" in r for s in result.steps for r in s.preemption_reasons)
+
+
+def test_a_swapped_in_prefix_block_whose_content_is_still_cached_merges_into_the_cached_block(stand_in, requests,
+                                                                                             alone):
+    engine = swap_engine(stand_in, "prefix")
+    result = run_checked(engine, requests)
+    assert result.token_ids == alone
+    assert any(e.kind == "merge" for e in engine.cache.events) or engine.cache.stats.hit_tokens > 0
+
+
+def test_a_full_tier_is_logged_and_the_victim_is_recomputed(stand_in, requests, alone):
+    engine = swap_engine(stand_in, tier_blocks=3)
+    result = run_checked(engine, requests)
+    assert result.token_ids == alone
+    faults = [f for s in result.steps for f in s.tier_faults]
+    assert faults and all("swap-out" in f and "full" in f for f in faults), faults[:3]
+    recomputed = [r for s in result.steps for r in s.preemption_reasons if "recompute" in r]
+    assert len(recomputed) == len(faults) and all("the tier refused" in r for r in recomputed)
+
+
+def _corrupt_first_swapped_block(engine):
+    if engine.scheduler.swapped and not getattr(engine, "_corrupted", False):
+        slot = next(iter(engine.scheduler.swapped.values())).slots[0]
+        with open(engine.tier.path, "r+b") as f:  # behind the tier's back, as a failing disk would
+            f.seek(slot * engine.tier.block_bytes + 5)
+            byte = f.read(1)
+            f.seek(slot * engine.tier.block_bytes + 5)
+            f.write(bytes([byte[0] ^ 0xFF]))
+        engine._corrupted = True
+
+
+def test_a_corrupt_tier_block_is_caught_by_its_checksum_and_the_request_recomputed(stand_in, requests, alone):
+    engine = swap_engine(stand_in)
+    result = run_checked(engine, requests, _corrupt_first_swapped_block)
+    assert result.token_ids == alone
+    faults = [f for s in result.steps for f in s.tier_faults]
+    assert len(faults) == 1 and "swap-in" in faults[0] and "checksum" in faults[0] and "recomputing" in faults[0]
+
+
+@pytest.mark.parametrize("fault", ["vanished", "unwritable"])
+def test_a_vanished_or_unwritable_tier_file_is_reported_by_name_and_requests_recompute(stand_in, requests, alone,
+                                                                                      fault):
+    engine = swap_engine(stand_in)
+
+    def break_the_file(engine):
+        if engine.scheduler.swapped and not getattr(engine, "_broken", False):
+            if fault == "vanished":
+                os.remove(engine.tier.path)
+            else:
+                os.chmod(engine.tier.path, 0o444)
+            engine._broken = True
+
+    result = run_checked(engine, requests, break_the_file)
+    assert result.token_ids == alone
+    faults = [f for s in result.steps for f in s.tier_faults]
+    assert faults and all(str(engine.tier.path) in f for f in faults)
+    if fault == "vanished":
+        assert any("swap-in" in f for f in faults), "the blocks already out should be lost and recomputed"
+    assert any("swap-out" in f for f in faults), "later preemptions should find the file unusable"
+
+
+def test_auto_swaps_when_the_measured_copy_is_cheaper_and_recomputes_when_it_is_not(stand_in, requests, alone):
+    cheap_copy = OffloadCosts(tier_write_gb_s=100.0, tier_read_gb_s=100.0, prefill_s_per_token=1e-3)
+    slow_copy = OffloadCosts(tier_write_gb_s=1e-6, tier_read_gb_s=1e-6, prefill_s_per_token=1e-3)
+    for costs, mode in ((cheap_copy, "swap"), (slow_copy, "recompute")):
+        result = run_checked(swap_engine(stand_in, preemption="auto", costs=costs), requests)
+        assert result.token_ids == alone
+        reasons = [r for s in result.steps for r in s.preemption_reasons]
+        assert reasons and all(f": {mode} — " in r and "ms vs recomputing" in r for r in reasons), reasons[:2]
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    (dict(preemption="sometimes"), "'sometimes'"),
+    (dict(layout="quantized"), "'quantized' layout cannot swap"),
+])
+def test_bad_preemption_settings_are_refused_by_name(stand_in, kwargs, needle):
+    layout = kwargs.pop("layout", "paged")
+    cache = make_cache(layout, STAND_IN, "cpu", torch.float32, max_batch=2, max_len=32, block_size=BS, num_blocks=8)
+    with pytest.raises(ValueError, match=needle):
+        Engine(stand_in, None, cache, clock=StepClock(), preemption=kwargs.get("preemption", "swap"))
+
+
+def test_a_tier_of_other_block_bytes_is_refused(stand_in):
+    cache = make_cache("paged", STAND_IN, "cpu", torch.float32, max_batch=2, max_len=32, block_size=BS, num_blocks=8)
+    with BlockTier(cache.block_bytes() + 1, capacity_blocks=4, kind="memory") as tier:
+        with pytest.raises(ValueError, match=f"{cache.block_bytes() + 1} bytes"):
+            Engine(stand_in, None, cache, clock=StepClock(), preemption="swap", tier=tier)
