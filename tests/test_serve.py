@@ -122,3 +122,27 @@ def test_generate_with_a_pool_too_small_for_the_batch_preempts_instead_of_failin
     result = kvlab.generate(model, tokenizer, PROMPTS, max_new_tokens=14, cache="paged", block_size=BS,
                             num_blocks=tight_pool(tokenizer) + 1, stop_at_eos=False)
     assert [ids[:n] for ids, n in zip(result.token_ids, NEW)] == alone
+
+
+def test_a_prefix_hit_loaded_back_from_the_tier_gives_the_cold_runs_tokens(model, tokenizer):
+    """A, then B filling the whole pool (A's cached blocks are evicted into the tier), then A again: its prompt
+    comes back from the tier instead of being recomputed, with the tokens of the cold run."""
+    from kvlab.cache import BlockTier, make_cache
+
+    a = "The history of the printing press begins in the fifteenth century, when Johannes Gutenberg in Mainz"
+    b = "Photosynthesis is the process by which green plants use sunlight to make food from water and air"
+    need = max(blocks_for(len(tokenizer.encode(p)) + 8, BS) for p in (a, b))
+    cfg = model.config
+    probe = make_cache("prefix", cfg, model.device, model.dtype, 1, 64, block_size=BS, num_blocks=need)
+    tier = BlockTier(probe.block_bytes(), capacity_blocks=4 * need, kind="file")
+    cache = make_cache("prefix", cfg, model.device, model.dtype, 1, 64, block_size=BS, num_blocks=need, tier=tier)
+    engine = kvlab.Engine(model, tokenizer, cache, max_num_seqs=1, clock=StepClock(), stop_at_eos=False)
+    for prompt, at in ((a, 0.0), (b, 100.0), (a, 200.0)):
+        engine.add_request(Request(prompt, 8, arrival_s=at))
+    result = engine.run()
+    assert result.outputs[2].token_ids == result.outputs[0].token_ids
+    assert result.outputs[2].token_ids == kvlab.generate(model, tokenizer, a, max_new_tokens=8,
+                                                         stop_at_eos=False).token_ids[0]
+    prompt_blocks = (len(tokenizer.encode(a)) - 1) // BS
+    assert cache.stats.tier_hit_tokens == prompt_blocks * BS, "A's whole prompt should come back from the tier"
+    assert result.outputs[2].cached_prompt_tokens == prompt_blocks * BS

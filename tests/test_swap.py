@@ -44,7 +44,7 @@ def swap_engine(model, layout="paged", num_blocks=16, max_num_seqs=4, budget=8, 
     if tier is None and preemption != "recompute":
         tier = BlockTier(cache.block_bytes(), capacity_blocks=tier_blocks, kind="file")
     return Engine(model, None, cache, max_num_seqs=max_num_seqs, max_num_batched_tokens=budget, clock=StepClock(),
-                  stop_at_eos=False, preemption=preemption, tier=tier, offload_costs=costs)
+                  stop_at_eos=False, preemption=preemption, swap_tier=tier, offload_costs=costs)
 
 
 def check_tier(engine):
@@ -167,4 +167,91 @@ def test_a_tier_of_other_block_bytes_is_refused(stand_in):
     cache = make_cache("paged", STAND_IN, "cpu", torch.float32, max_batch=2, max_len=32, block_size=BS, num_blocks=8)
     with BlockTier(cache.block_bytes() + 1, capacity_blocks=4, kind="memory") as tier:
         with pytest.raises(ValueError, match=f"{cache.block_bytes() + 1} bytes"):
-            Engine(stand_in, None, cache, clock=StepClock(), preemption="swap", tier=tier)
+            Engine(stand_in, None, cache, clock=StepClock(), preemption="swap", swap_tier=tier)
+
+
+# --- the offloaded prefix cache: evicted prefix blocks go to the tier, later hits load them back -----------------
+def prefix_engine(model, tier_blocks=None, num_blocks=24, kind="file"):
+    cache = make_cache("prefix", STAND_IN, "cpu", torch.float32, max_batch=4, max_len=96, block_size=BS,
+                       num_blocks=num_blocks)
+    if tier_blocks is not None:
+        tier = BlockTier(cache.block_bytes(), capacity_blocks=tier_blocks, kind=kind)
+        cache = make_cache("prefix", STAND_IN, "cpu", torch.float32, max_batch=4, max_len=96, block_size=BS,
+                           num_blocks=num_blocks, tier=tier)
+    return Engine(model, None, cache, max_num_seqs=4, max_num_batched_tokens=16, clock=StepClock(), stop_at_eos=False)
+
+
+@pytest.fixture(scope="module")
+def chat_requests():
+    return random_requests(60, seed=3, shared_prefixes=6, rate=1.0)
+
+
+@pytest.fixture(scope="module")
+def without_tier(stand_in, chat_requests):
+    engine = prefix_engine(stand_in)
+    return run_checked_prefix(engine, chat_requests), engine.cache.stats
+
+
+def check_prefix_tier(cache):
+    """A chain hash lives in the pool or in the tier, never both; the tier's slots are exactly its blocks'."""
+    store = cache.offload
+    assert not set(store.blocks) & set(cache.index.by_hash), "a prefix block both in the pool and in the tier"
+    slots = [b.slot for b in store.blocks.values()]
+    assert len(slots) == len(set(slots)) and set(slots) == store.tier.used_slots
+    assert store.tier.num_used <= store.tier.capacity
+
+
+def run_checked_prefix(engine, requests, between_steps=None):
+    for request in requests:
+        engine.add_request(request)
+    while engine.has_unfinished():
+        engine.step()
+        check_queues(engine)
+        check_block_ownership(engine.cache)
+        if engine.cache.offload is not None:
+            check_prefix_tier(engine.cache)
+        if between_steps is not None:
+            between_steps(engine)
+    return engine.result()
+
+
+def test_evicted_prefix_blocks_served_from_the_tier_give_the_same_tokens_and_more_hits(stand_in, chat_requests,
+                                                                                        without_tier):
+    cold, cold_stats = without_tier
+    engine = prefix_engine(stand_in, tier_blocks=64)
+    result = run_checked_prefix(engine, chat_requests)
+    stats, store = engine.cache.stats, engine.cache.offload.stats
+    assert result.token_ids == cold.token_ids
+    assert stats.tier_hit_tokens > 0 and stats.hit_tokens > cold_stats.hit_tokens
+    assert store.loaded_blocks * BS == stats.tier_hit_tokens and store.offloaded_blocks >= store.loaded_blocks
+    assert any("loaded back from the tier" in e.text for e in engine.cache.events if e.kind == "hit")
+    pool, tier = map(sum, zip(*engine.cache.hit_sources.values())) if engine.cache.hit_sources else (0, 0)
+    assert (pool, tier) == (0, 0), "finished sequences leave no hit record behind"
+
+
+def test_a_small_prefix_tier_drops_its_least_recently_used_blocks_and_still_gives_the_same_tokens(
+        stand_in, chat_requests, without_tier):
+    engine = prefix_engine(stand_in, tier_blocks=6)
+    result = run_checked_prefix(engine, chat_requests)
+    assert result.token_ids == without_tier[0].token_ids
+    assert engine.cache.offload.stats.dropped_blocks > 0 and engine.cache.offload.tier.num_used <= 6
+
+
+def test_a_corrupt_prefix_block_in_the_tier_is_never_served_the_prompt_is_computed(stand_in, chat_requests,
+                                                                                   without_tier):
+    engine = prefix_engine(stand_in, tier_blocks=64, kind="memory")
+    tier = engine.cache.offload.tier
+    honest_put = tier.put
+
+    def put_and_corrupt(data):  # a failing device: every block written goes bad after its checksum was taken
+        slots = honest_put(data)
+        tier.storage[slots, 3] ^= 0xFF
+        return slots
+
+    tier.put = put_and_corrupt
+    result = run_checked_prefix(engine, chat_requests)
+    assert result.token_ids == without_tier[0].token_ids
+    assert engine.cache.stats.tier_hit_tokens == 0 and engine.cache.offload.stats.faults > 0
+    faults = [f for s in result.steps for f in s.tier_faults]
+    assert faults and all("checksum" in f and "computed instead" in f for f in faults)
+    assert any(e.kind == "tier-fault" for e in engine.cache.events)

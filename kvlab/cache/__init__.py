@@ -22,7 +22,7 @@ LAYOUT_OPTIONS = {  # the keyword options each named layout takes (beside max_ba
     "none": (),
     "contiguous": (),
     "paged": ("block_size", "num_blocks", "backend"),
-    "prefix": ("block_size", "num_blocks", "backend", "hash_fn"),
+    "prefix": ("block_size", "num_blocks", "backend", "hash_fn", "tier"),
     "quantized": ("block_size", "num_blocks", "backend", "scheme", "group_size", "max_seqs"),
 }
 

@@ -19,11 +19,13 @@ from .prefix_index import PrefixIndex
 
 class CachingBlockAllocator(BlockAllocator):
     def __init__(self, num_blocks: int, block_size: int, index: PrefixIndex,
-                 on_evict: Callable[[list[int]], None] | None = None):
+                 on_evict: Callable[[list[int]], None] | None = None,
+                 before_evict: Callable[[list[int]], None] | None = None):
         super().__init__(num_blocks, block_size)
         self.index = index
         self.evictable: OrderedDict[int, None] = OrderedDict()  # least recently released first
         self.on_evict = on_evict  # called with the blocks one eviction forgot (the victim last)
+        self.before_evict = before_evict  # the same blocks, while the index still knows them (an offload tier)
 
     @property
     def num_evictable(self) -> int:
@@ -64,6 +66,8 @@ class CachingBlockAllocator(BlockAllocator):
 
     def _evict_oldest(self) -> None:
         victim = next(iter(self.evictable))
+        if self.before_evict is not None:
+            self.before_evict(self.index.subtree(victim))
         forgotten = self.index.forget(victim)  # the victim and its cached descendants (all unused: see index)
         for block in forgotten:
             assert self.ref_counts[block] == 0, f"evicting block {block}, which is in use"

@@ -22,6 +22,8 @@ from .block_allocator import blocks_for
 from .caching_allocator import CachingBlockAllocator
 from .paged import PagedCache
 from .prefix_index import HashFn, PrefixIndex, chain_hash
+from .prefix_tier import PrefixTier, TierBlock
+from .tier import TierError
 
 EVENT_LOG_LENGTH = 200
 
@@ -30,7 +32,8 @@ EVENT_LOG_LENGTH = 200
 class PrefixStats:
     lookups: int = 0  # sequences added with their prompt ids
     prompt_tokens: int = 0  # over those sequences
-    hit_tokens: int = 0  # prompt tokens found cached (not prefilled)
+    hit_tokens: int = 0  # prompt tokens found cached (not prefilled), in the pool or in the tier below it
+    tier_hit_tokens: int = 0  # of those, the ones loaded back from the tier
     cow_copies: int = 0
     evicted_blocks: int = 0
 
@@ -42,7 +45,7 @@ class PrefixStats:
 
 @dataclass(frozen=True)
 class PrefixEvent:
-    kind: str  # "hit", "miss", "cached", "merge", "fork", "cow", "evict"
+    kind: str  # "hit", "miss", "cached", "merge", "fork", "cow", "evict", "offload", "tier-fault"
     seq_id: int | None
     blocks: tuple[int, ...]
     text: str
@@ -52,10 +55,15 @@ class PrefixCachedPagedCache(PagedCache):
     name = "prefix"
 
     def __init__(self, config, device, dtype, num_blocks: int, block_size: int = 16, backend: str | None = None,
-                 hash_fn: HashFn = chain_hash):
+                 hash_fn: HashFn = chain_hash, tier=None):
         super().__init__(config, device, dtype, num_blocks=num_blocks, block_size=block_size, backend=backend)
+        if tier is not None and tier.block_bytes != self.block_bytes():
+            raise ValueError(f"the tier stores blocks of {tier.block_bytes} bytes, this pool's are {self.block_bytes()}")
         self.index = PrefixIndex(hash_fn)
-        self.allocator = CachingBlockAllocator(num_blocks, block_size, self.index, on_evict=self._record_eviction)
+        self.offload = PrefixTier(tier) if tier is not None else None  # evicted blocks go there, hits come back
+        self.allocator = CachingBlockAllocator(num_blocks, block_size, self.index, on_evict=self._record_eviction,
+                                               before_evict=self._offload if tier is not None else None)
+        self.hit_sources: dict[int, tuple[int, int]] = {}  # seq_id → (tokens from the pool, tokens from the tier)
         self.token_ids: dict[int, list[int]] = {}  # seq_id -> ids of its cached tokens
         self.block_hashes: dict[int, list[int]] = {}  # seq_id -> chain hash of each of its full blocks
         self.stats = PrefixStats()
@@ -73,18 +81,23 @@ class PrefixCachedPagedCache(PagedCache):
         for entry in matched:
             self.allocator.reuse(entry.block)
             entry.hits += 1
-        bs, count = self.block_size, len(matched) * self.block_size
         self.block_tables[seq_id] = [entry.block for entry in matched]
         self.block_hashes[seq_id] = [entry.hash for entry in matched]
+        loaded = self._load_from_tier(seq_id, prompt_ids)
+        bs, count = self.block_size, (len(matched) + loaded) * self.block_size
         self.token_ids[seq_id] = list(prompt_ids[:count])
         self.lengths[seq_id] = count
+        self.hit_sources[seq_id] = (len(matched) * bs, loaded * bs)
         self.stats.lookups += 1
         self.stats.prompt_tokens += len(prompt_ids)
         self.stats.hit_tokens += count
+        self.stats.tier_hit_tokens += loaded * bs
         matchable = (len(prompt_ids) - 1) // bs
-        if matched:
+        if matched or loaded:
+            from_tier = f", {loaded} loaded back from the tier" if loaded else ""
             self._log("hit", seq_id, self.block_tables[seq_id],
-                      f"seq {seq_id}: {count} of {len(prompt_ids)} prompt tokens cached ({len(matched)} blocks reused)")
+                      f"seq {seq_id}: {count} of {len(prompt_ids)} prompt tokens cached ({len(matched)} blocks reused"
+                      f"{from_tier})")
         else:
             why = (f"the prompt has no full block before its last token ({len(prompt_ids)} tokens, block size {bs})"
                    if matchable == 0 else "its first block is not cached")
@@ -102,10 +115,12 @@ class PrefixCachedPagedCache(PagedCache):
         return super().blocks_to_grow(seq_id, num_new) + int(shared_tail)
 
     def blocks_to_add(self, prompt_ids: list[int], num_new: int) -> tuple[int, int]:
-        """A hit takes its blocks back out of the evictable ones (counted in blocks_free) unless someone holds them."""
-        reused = self.cached_prefix_blocks(prompt_ids)
+        """A hit takes its blocks back out of the evictable ones (counted in blocks_free) unless someone holds them;
+        blocks loaded back from the tier take fresh blocks."""
+        matched = self._longest_cached_prefix(prompt_ids, count_refusals=False)
+        reused = [entry.block for entry in matched]
         taken_back = sum(1 for block in reused if self.allocator.ref_counts[block] == 0)
-        cached = len(reused) * self.block_size
+        cached = (len(reused) + len(self._tier_continuation(prompt_ids, matched))) * self.block_size
         return cached, blocks_for(cached + num_new, self.block_size) - len(reused) + taken_back
 
     def _longest_cached_prefix(self, prompt_ids: list[int], count_refusals: bool = True):
@@ -120,11 +135,64 @@ class PrefixCachedPagedCache(PagedCache):
             parent_hash, parent_block = block_hash, entry.block
         return matched
 
+    # --- the tier below the pool (kvlab.cache.prefix_tier) ---------------------------------------------------
+    def _tier_continuation(self, prompt_ids: list[int], matched) -> list[TierBlock]:
+        """The blocks after the pool's `matched` ones that the tier holds, in chain order."""
+        if self.offload is None:
+            return []
+        bs, found = self.block_size, []
+        parent_hash = matched[-1].hash if matched else None
+        for j in range(len(matched), (len(prompt_ids) - 1) // bs):
+            ids = prompt_ids[j * bs:(j + 1) * bs]
+            block = self.offload.lookup(self.index.hash_fn(parent_hash, ids), parent_hash, ids)
+            if block is None:
+                break
+            found.append(block)
+            parent_hash = block.hash
+        return found
+
+    def _load_from_tier(self, seq_id: int, prompt_ids: list[int]) -> int:
+        """Load the tier's continuation of the sequence's pool hit into fresh blocks, cached again; returns how many
+        blocks (0 after a tier fault: those tokens are computed instead)."""
+        table, hashes = self.block_tables[seq_id], self.block_hashes[seq_id]
+        wanted = self._tier_continuation(prompt_ids, [self.index.by_block[b] for b in table])
+        if not wanted:
+            return 0
+        self.offload.pinned = {b.hash for b in wanted}  # the evictions this allocation makes must not drop them
+        try:
+            fresh = self.allocator.allocate(len(wanted))
+        finally:
+            self.offload.pinned = set()
+        try:
+            data = self.offload.load(wanted)
+        except TierError:
+            for block in fresh:
+                self.allocator.release(block)
+            self._log("tier-fault", seq_id, (), f"seq {seq_id}: {self.offload.last_fault}; computing those tokens")
+            return 0
+        self.import_blocks(fresh, data)
+        for block, entry in zip(fresh, wanted):
+            parent = table[-1] if table else None
+            self.index.register(block, entry.hash, parent, entry.token_ids)
+            table.append(block)
+            hashes.append(entry.hash)
+        return len(wanted)
+
+    def _offload(self, blocks: list[int]) -> None:
+        """Blocks about to be evicted (deepest first): their K/V to the tier, named by their chain hashes."""
+        entries = [self.index.by_block[b] for b in blocks]
+        named = [(e.hash, self.index.by_block[e.parent].hash if e.parent is not None else None, e.token_ids)
+                 for e in entries]
+        self.offload.store(named, self.export_blocks(blocks))
+        self._log("offload", None, tuple(blocks), f"blocks {_ids(blocks)} evicted to the tier "
+                                                  f"({len(self.offload)} blocks there)")
+
     def _release(self, seq_id: int) -> None:
         # last block first: a sequence's tail is evicted before its head, which other prompts are likelier to share
         for block in reversed(self.block_tables.pop(seq_id)):
             self.allocator.release(block)
         del self.token_ids[seq_id], self.block_hashes[seq_id]
+        self.hit_sources.pop(seq_id, None)
 
     def fork(self, parent: int, child: int) -> None:
         """`child` starts as `parent`, sharing every block — the partly filled last one too, until one of them
@@ -202,6 +270,8 @@ class PrefixCachedPagedCache(PagedCache):
             hashes.append(block_hash)
             if self.index.register(table[j], block_hash, parent, block_ids):
                 registered.append(table[j])
+                if self.offload is not None:
+                    self.offload.discard(block_hash)
                 continue
             _, twin = self.index.lookup(parent_hash, parent, block_ids, count_refusals=False)
             if twin is not None:  # the same tokens after the same blocks, computed by another sequence of the batch

@@ -85,6 +85,13 @@ class PrefixIndex:
         self.children[entry.parent].discard(block)
         return gone + [block]
 
+    def subtree(self, block: int) -> list[int]:
+        """`block` and every cached block below it, deepest first (what forget(block) would drop)."""
+        below = []
+        for child in self.children[block]:
+            below += self.subtree(child)
+        return below + [block]
+
     def chains(self) -> list[list[CachedBlock]]:
         """Every root-to-leaf path of cached blocks (the prefixes the cache can serve), in block order."""
         paths = []

@@ -55,7 +55,7 @@ class Engine:
                  policy: str = "continuous", temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
                  chat: bool = False, stop_at_eos: bool = True, stop_token_ids: list[int] | None = None,
                  clock: WallClock | StepClock | None = None, on_step=None, preemption: str = "recompute",
-                 tier=None, offload_costs: OffloadCosts | None = None):
+                 swap_tier=None, offload_costs: OffloadCosts | None = None):
         positive_int("max_num_seqs", max_num_seqs)
         positive_int("max_num_batched_tokens", max_num_batched_tokens)
         if policy not in POLICIES:
@@ -69,13 +69,14 @@ class Engine:
             raise ValueError(f"the cache holds {cache.dtype} on {cache.device}, the model runs {model.dtype} on {model.device}")
         self.model, self.tokenizer, self.cache = model, tokenizer, cache
         swaps = preemption != "recompute" and getattr(cache, "can_swap", False)
-        if swaps and tier is None:
-            tier = default_tier(cache)
-        if swaps and tier.block_bytes != cache.block_bytes():
-            raise ValueError(f"the tier stores blocks of {tier.block_bytes} bytes, the pool's are {cache.block_bytes()}")
+        if swaps and swap_tier is None:
+            swap_tier = default_tier(cache)
+        if swaps and swap_tier.block_bytes != cache.block_bytes():
+            raise ValueError(f"the swap tier stores blocks of {swap_tier.block_bytes} bytes, the pool's are "
+                             f"{cache.block_bytes()}")
         if swaps and preemption == "auto" and offload_costs is None:
-            offload_costs = measure_offload_costs(model, cache, tier)
-        self.tier, self.offload_costs = (tier, offload_costs) if swaps else (None, None)
+            offload_costs = measure_offload_costs(model, cache, swap_tier)
+        self.tier, self.offload_costs = (swap_tier, offload_costs) if swaps else (None, None)
         self.scheduler = Scheduler(cache, max_num_seqs, max_num_batched_tokens, policy, preemption, self.tier,
                                    self.offload_costs)
         self.temperature, self.top_p, self.chat = temperature, top_p, chat

@@ -21,13 +21,13 @@ def build_engine(model, tokenizer, requests=(), cache: str | KVCache = "prefix",
                  block_size: int = 16, max_num_seqs: int = DEFAULT_MAX_NUM_SEQS,
                  max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS, policy: str = "continuous",
                  temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None, chat: bool = False,
-                 stop_at_eos: bool = True, clock=None, on_step=None, preemption: str = "recompute", tier=None,
+                 stop_at_eos: bool = True, clock=None, on_step=None, preemption: str = "recompute", swap_tier=None,
                  offload_costs=None, **cache_options) -> Engine:
     """An engine with `requests` queued (Request objects or dicts), every argument checked before anything is made.
 
     The cache is made for the requests: "contiguous" reserves max_num_seqs rows of the longest request, a paged
     layout gets `num_blocks` blocks (default: room for max_num_seqs of the longest request at once).
-    preemption: "recompute", "swap" (K/V to `tier`, by default a tier as large as the pool: see Engine) or "auto"."""
+    preemption: "recompute", "swap" (K/V to `swap_tier`, by default a tier as large as the pool: see Engine) or "auto"."""
     requests = [Request.of(r, i) for i, r in enumerate(requests)]
     positive_int("max_num_seqs", max_num_seqs)
     cfg = model.config
@@ -48,7 +48,7 @@ def build_engine(model, tokenizer, requests=(), cache: str | KVCache = "prefix",
         raise ValueError(f"cache options only apply to a cache named by a string, not to a cache object")
     engine = Engine(model, tokenizer, cache, max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
                     policy=policy, temperature=temperature, top_p=top_p, seed=seed, chat=False,
-                    stop_at_eos=stop_at_eos, clock=clock, on_step=on_step, preemption=preemption, tier=tier,
+                    stop_at_eos=stop_at_eos, clock=clock, on_step=on_step, preemption=preemption, swap_tier=swap_tier,
                     offload_costs=offload_costs)
     for prompt_ids, request in zip(ids, requests):
         engine.add_request(Request(prompt_ids, request.max_new_tokens, request.arrival_s))
@@ -61,14 +61,14 @@ def serve(model, tokenizer, requests, cache: str | KVCache = "prefix", num_block
           max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS, policy: str = "continuous",
           temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None, chat: bool = False,
           stop_at_eos: bool = True, clock=None, progress: bool = False, on_step=None, preemption: str = "recompute",
-          tier=None, offload_costs=None, **cache_options):
+          swap_tier=None, offload_costs=None, **cache_options):
     """Run every request to completion → ServeResult (outputs in submission order, the step log, metrics)."""
     if not requests:
         raise ValueError("requests is empty")
     engine = build_engine(model, tokenizer, requests, cache=cache, num_blocks=num_blocks, block_size=block_size,
                           max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens, policy=policy,
                           temperature=temperature, top_p=top_p, seed=seed, chat=chat, stop_at_eos=stop_at_eos,
-                          clock=clock, on_step=on_step, preemption=preemption, tier=tier,
+                          clock=clock, on_step=on_step, preemption=preemption, swap_tier=swap_tier,
                           offload_costs=offload_costs, **cache_options)
     try:
         return engine.run(progress=progress)
