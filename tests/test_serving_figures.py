@@ -279,6 +279,25 @@ def test_lab_small_pool_preset_runs_a_new_replay_that_preempts(lab):
     assert set(lab.runs) == {"continuous"}  # the same policy: the new run replaced the old one
 
 
+def test_lab_swap_preset_swaps_to_the_tier_gives_the_same_tokens_and_draws_the_traffic(lab):
+    lab.preset.value = "small pool: preemption"
+    lab.run_button.click()
+    recomputed = lab.result
+    lab.preset.value = "small pool: swap to the tier"
+    assert lab.preemption.value == "swap" and lab.pool.value == "8"
+    lab.run_button.click()
+    swapped = lab.result
+    assert lab.message.value == "" and swapped.token_ids == recomputed.token_ids
+    moved = [len(s.swapped_out) for s in swapped.steps]
+    assert sum(moved) == swapped.num_preemptions > 0
+    out = next(t for t in lab.tier_view.data if t.name == "swapped out")
+    assert list(out.y) == moved
+    in_tier = next(t for t in lab.tier_view.data if t.name == "in the tier")
+    assert max(in_tier.y) > 0 and in_tier.y[-1] == 0, "blocks go to the tier and all come back"
+    lab.show_step(1)
+    assert {sh.x0 for sh in lab.tier_view.layout.shapes if sh.name == "now"} == {1}
+
+
 def test_lab_requests_are_chat_shaped_real_text_within_the_labs_sizes_arriving_in_order(tokenizer):
     reqs = lab_requests(tokenizer, 12, rate_per_s=5.0, seed=3)
     assert len(reqs) == 12 and reqs == lab_requests(tokenizer, 12, rate_per_s=5.0, seed=3)
@@ -311,5 +330,5 @@ def test_a_lab_made_without_running_has_no_plots_until_run(model, tokenizer, pro
     lab.step_button.click()  # disabled in the browser; in Python it says why
     assert "press run" in lab.message.value
     lab.run_button.click()
-    assert len(lab.plots.children) == 5 and not lab.step_button.disabled
+    assert len(lab.plots.children) == 6 and not lab.step_button.disabled
     assert lab.gantt_view.layout.yaxis.categoryarray == ("seq 0", "seq 1")

@@ -22,6 +22,7 @@ import plotly.graph_objects as go
 from ..checks import positive_int
 from ..engine import POLICIES, Request, StepClock, build_engine
 from ..traces import chat_requests
+from .offload_figures import tier_traffic_figure
 from .paged_figures import pool_figure
 from .serving_figures import (describe_metrics, gantt_figure, pool_snapshot, running_metrics,
                               running_metrics_figure, slot_occupancy_figure, step_composition_figure)
@@ -34,7 +35,10 @@ PRESETS = {  # name → control values
     "roomy pool": dict(policy="continuous", max_num_seqs=4, max_num_batched_tokens=64, pool="auto"),
     "small pool: preemption": dict(policy="continuous", max_num_seqs=4, max_num_batched_tokens=64, pool="8"),
     "static batching": dict(policy="static", max_num_seqs=4, max_num_batched_tokens=64, pool="auto"),
+    "small pool: swap to the tier": dict(policy="continuous", max_num_seqs=4, max_num_batched_tokens=64, pool="8",
+                                         preemption="swap"),
 }
+PREEMPTIONS = ("recompute", "swap")  # the lab's choice; "auto" needs measured costs (kvlab.engine.offload)
 
 
 def lab_requests(tokenizer, num_requests: int, rate_per_s: float, seed: int = 0) -> list[Request]:
@@ -53,11 +57,12 @@ class Settings:
     num_blocks: int | None  # None: room for max_num_seqs of the longest request (no preemption)
     rate_per_s: float
     num_requests: int
+    preemption: str = "recompute"
 
     def label(self) -> str:
         pool = "auto pool" if self.num_blocks is None else f"{self.num_blocks} blocks"
         return (f"{self.policy}: {self.max_num_seqs} seqs, budget {self.max_num_batched_tokens}, {pool}, "
-                f"{self.rate_per_s:g} req/s")
+                f"{self.rate_per_s:g} req/s, preempt by {self.preemption}")
 
 
 def parse_pool(text: str) -> int | None:
@@ -114,7 +119,7 @@ class ServingLab:
         engine = build_engine(self.model, self.tokenizer, requests, cache=self.cache, num_blocks=settings.num_blocks,
                               block_size=self.block_size, max_num_seqs=settings.max_num_seqs,
                               max_num_batched_tokens=settings.max_num_batched_tokens, policy=settings.policy,
-                              stop_at_eos=False, clock=clock)
+                              stop_at_eos=False, clock=clock, preemption=settings.preemption)
         total = sum(r.max_new_tokens for r in requests)
         self.progress.max, self.progress.value = total, 0
         self.progress.layout.visibility = "visible"
@@ -179,9 +184,11 @@ class ServingLab:
             _show(self.pool_view, pool, whole=False)
             _move_now(self.metrics_view, k)
             _move_now(self.occupancy_view, k)
+            _move_now(self.tier_view, k)
             return
         figures = (gantt, batch, pool, running_metrics_figure(result, upto_step=k),
-                   slot_occupancy_figure({label: run for label, run in self.runs.values()}, upto_step=k))
+                   slot_occupancy_figure({label: run for label, run in self.runs.values()}, upto_step=k),
+                   tier_traffic_figure(result, upto_step=k))
         if self._on_screen():
             for view, fig in zip(self._views(), figures):
                 _show(view, fig)
@@ -202,7 +209,10 @@ class ServingLab:
         if not (math.isfinite(rate) and rate > 0):
             raise ValueError(f"the request rate must be a number of requests per second > 0, got {rate!r}")
         num_requests = positive_int("number of requests", self.num_requests.value)
-        return Settings(policy, max_num_seqs, budget, num_blocks, float(rate), num_requests)
+        preemption = self.preemption.value
+        if preemption not in PREEMPTIONS:
+            raise ValueError(f"unknown preemption {preemption!r}")
+        return Settings(policy, max_num_seqs, budget, num_blocks, float(rate), num_requests, preemption)
 
     def apply_preset(self, name: str) -> None:
         values = PRESETS[name]
@@ -210,6 +220,7 @@ class ServingLab:
         self.max_num_seqs.value = values["max_num_seqs"]
         self.budget.value = values["max_num_batched_tokens"]
         self.pool.value = values["pool"]
+        self.preemption.value = values.get("preemption", "recompute")
 
     # --- the view ----------------------------------------------------------------------------------------
     def _build_view(self, policy, max_num_seqs, budget, num_blocks, rate_per_s, num_requests) -> widgets.VBox:
@@ -221,6 +232,11 @@ class ServingLab:
         self.policy = widgets.ToggleButtons(options=list(POLICIES), value=policy, description="policy",
                                             style={"button_width": "105px"})
         self.policy.add_class("kvlab-serving-policy")
+        self.preemption = widgets.ToggleButtons(options=list(PREEMPTIONS), value="recompute", description="preempt by",
+                                                style={"button_width": "90px"},
+                                                tooltips=["free its blocks; prefill it again later",
+                                                          "copy its blocks to the tier below the pool; copy back later"])
+        self.preemption.add_class("kvlab-serving-preemption")
         self.max_num_seqs = widgets.IntText(value=max_num_seqs, description="max_num_seqs", style=style, layout=layout)
         self.budget = widgets.IntText(value=budget, description="token budget", style=style, layout=layout)
         self.pool = widgets.Text(value="auto" if num_blocks is None else str(num_blocks), description="pool blocks",
@@ -246,6 +262,7 @@ class ServingLab:
         self.step_label = widgets.HTML().add_class("kvlab-serving-step-label")
         # the plots: made by the first run, with their first figures (see _create_views)
         self.gantt_view = self.batch_view = self.pool_view = self.metrics_view = self.occupancy_view = None
+        self.tier_view = None
         self.plots = widgets.VBox([]).add_class("kvlab-serving-plots")
 
         self.preset.observe(lambda change: self._preset_chosen(change["new"]), names="value")
@@ -256,6 +273,7 @@ class ServingLab:
                      colour="inherit")
         controls = widgets.VBox([
             widgets.HBox([self.preset, self.policy]),
+            self.preemption,
             widgets.HBox([widgets.VBox([self.max_num_seqs, self.budget]), widgets.VBox([self.pool, self.rate]),
                           widgets.VBox([self.num_requests, self.run_button])]),
             widgets.HBox([self.progress, self.status]),
@@ -265,20 +283,22 @@ class ServingLab:
         return lab.add_class("kvlab-serving-lab")
 
     def _create_views(self, figures) -> None:
-        """The five plots, each made with its first figure: the front end receives the whole figure when the
+        """The six plots, each made with its first figure: the front end receives the whole figure when the
         widget is created, not as edits to a placeholder (each FigureWidget model also carries plotly's ~5 MB
         front-end module, so they are made once, when there is something to draw)."""
         views = []
-        for fig, name in zip(figures, ("gantt", "batch", "pool", "metrics", "occupancy")):
+        for fig, name in zip(figures, ("gantt", "batch", "pool", "metrics", "occupancy", "tier")):
             view = go.FigureWidget(fig)
             view.layout.width = PLOT_WIDTH_PX
             view.add_class(f"kvlab-serving-{name}")
             views.append(view)
-        self.gantt_view, self.batch_view, self.pool_view, self.metrics_view, self.occupancy_view = views
+        (self.gantt_view, self.batch_view, self.pool_view, self.metrics_view, self.occupancy_view,
+         self.tier_view) = views
         self.plots.children = views
 
     def _views(self) -> tuple:
-        return self.gantt_view, self.batch_view, self.pool_view, self.metrics_view, self.occupancy_view
+        return (self.gantt_view, self.batch_view, self.pool_view, self.metrics_view, self.occupancy_view,
+                self.tier_view)
 
     def _on_screen(self) -> bool:
         """Whether a front end shows the plots (a FigureWidget counts its views). Plots made and edited before
@@ -336,6 +356,7 @@ def describe_step(record) -> str:
     if record.prefill:
         parts.append("prefilled " + ", ".join(f"seq {s} ({n} tokens)" for s, n in record.prefill))
     for name, seqs in (("admitted", record.admitted), ("preempted", record.preempted),
+                       ("swapped out", record.swapped_out), ("swapped in", record.swapped_in),
                        ("finished", record.finished)):
         if seqs:
             parts.append(f"{name} seq {', '.join(map(str, seqs))}")
