@@ -16,6 +16,9 @@
               agreement and memory per token on the real model (JSON → benchmarks/results/)
   serve       serving by the wall clock: decode step cost vs batch, static vs continuous batching, chunked
               prefill, latency vs request rate, beside CLAIMS.md 19–21 (JSON → benchmarks/results/)
+  offload     K/V below the pool: tier GB/s (file in the page cache and flushed, host, pinned), swap vs recompute,
+              prefix hits from the tier, recompute vs swap under memory pressure, what decode reads, beside
+              CLAIMS.md 17 (JSON → benchmarks/results/)
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m kvlab.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["decode", "versus-hf", "load", "copy", "gemv", "roofs", "roofline", "gqa", "prefix", "quant",
-                                            "serve"])
+                                            "serve", "offload"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--tokens", type=int, help="new tokens per generation (default: versus-hf 64, prefix 16)")
     parser.add_argument("--requests", type=int, default=16, help="prefix: chatbot requests (2 to 20)")
@@ -48,9 +51,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="roofline: CPU decode reads the GGUF blocks (default: float32 weights, as notebook 06)")
     parser.add_argument("--windows", type=int, default=8, help="quant: perplexity windows of 256 tokens")
     parser.add_argument("--skip-accuracy", action="store_true", help="quant: kernel timings only")
-    parser.add_argument("--small", action="store_true", help="serve: the CPU sizes (a few minutes) on any device")
+    parser.add_argument("--small", action="store_true",
+                        help="serve, offload: the CPU sizes (a few minutes) on any device")
     parser.add_argument("--no-save", action="store_true",
-                        help="decode, prefix, quant, versus-hf, roofline, gqa, serve: print only, write no JSON")
+                        help="decode, prefix, quant, versus-hf, roofline, gqa, serve, offload: print only, "
+                             "write no JSON")
     args = parser.parse_args(argv)
 
     import kvlab
@@ -90,6 +95,17 @@ def main(argv: list[str] | None = None) -> None:
             print("saved", serve_bench.save(report))
         if not report["same_tokens"]:
             raise SystemExit("serve benchmark FAILED: batching or chunked prefill changed greedy tokens (see above)")
+        return
+    if args.command == "offload":
+        from . import offload
+
+        model, tokenizer = kvlab.load_model(device=args.device)
+        report = offload.run(model, tokenizer, **(offload.CPU_SIZES if args.small else {}))
+        offload.print_report(report)
+        if not args.no_save:
+            print("saved", offload.save(report))
+        if offload.failures(report):
+            raise SystemExit(f"offload benchmark FAILED: {' and '.join(offload.failures(report))} (see above)")
         return
     if args.command == "quant":
         from . import quant_accuracy, quant_speed
