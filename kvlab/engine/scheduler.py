@@ -119,13 +119,13 @@ class Scheduler:
             self.waiting.popleft()
             if not swapped:
                 got = self.cache.add_sequence(seq.seq_id, seq.max_kv_tokens, seq.token_ids)
-                if got != cached:  # only a tier fault loses promised prefix blocks: admit it next step, recounted
+                if got != cached:  # only a tier fault loses promised prefix blocks (now dropped): count it again
                     fault = getattr(getattr(self.cache, "offload", None), "last_fault", None)
                     assert got < cached and fault, f"the prefix cache served {got} tokens, blocks_to_add said {cached}"
                     self.cache.free_sequence(seq.seq_id)
                     self.waiting.appendleft(seq)
                     batch.faults.append(f"seq {seq.seq_id}: {fault}; its prefix is computed instead")
-                    break
+                    continue
             if seq.first_scheduled_s is None:
                 seq.first_scheduled_s = now_s
                 seq.cached_prompt_tokens = cached
