@@ -58,13 +58,17 @@ def check_tier(engine):
 
 
 def run_checked(engine, requests, between_steps=None):
+    """Serve `requests`, checking queues, blocks and each tier the engine has after every step."""
     for request in requests:
         engine.add_request(request)
     while engine.has_unfinished():
         engine.step()
         check_queues(engine)
         check_block_ownership(engine.cache)
-        check_tier(engine)
+        if engine.tier is not None:
+            check_tier(engine)
+        if getattr(engine.cache, "offload", None) is not None:
+            check_prefix_tier(engine.cache)
         if between_steps is not None:
             between_steps(engine)
     return engine.result()
@@ -189,7 +193,7 @@ def chat_requests():
 @pytest.fixture(scope="module")
 def without_tier(stand_in, chat_requests):
     engine = prefix_engine(stand_in)
-    return run_checked_prefix(engine, chat_requests), engine.cache.stats
+    return run_checked(engine, chat_requests), engine.cache.stats
 
 
 def check_prefix_tier(cache):
@@ -201,25 +205,11 @@ def check_prefix_tier(cache):
     assert store.tier.num_used <= store.tier.capacity
 
 
-def run_checked_prefix(engine, requests, between_steps=None):
-    for request in requests:
-        engine.add_request(request)
-    while engine.has_unfinished():
-        engine.step()
-        check_queues(engine)
-        check_block_ownership(engine.cache)
-        if engine.cache.offload is not None:
-            check_prefix_tier(engine.cache)
-        if between_steps is not None:
-            between_steps(engine)
-    return engine.result()
-
-
 def test_evicted_prefix_blocks_served_from_the_tier_give_the_same_tokens_and_more_hits(stand_in, chat_requests,
                                                                                         without_tier):
     cold, cold_stats = without_tier
     engine = prefix_engine(stand_in, tier_blocks=64)
-    result = run_checked_prefix(engine, chat_requests)
+    result = run_checked(engine, chat_requests)
     stats, store = engine.cache.stats, engine.cache.offload.stats
     assert result.token_ids == cold.token_ids
     assert stats.tier_hit_tokens > 0 and stats.hit_tokens > cold_stats.hit_tokens
@@ -232,7 +222,7 @@ def test_evicted_prefix_blocks_served_from_the_tier_give_the_same_tokens_and_mor
 def test_a_small_prefix_tier_drops_its_least_recently_used_blocks_and_still_gives_the_same_tokens(
         stand_in, chat_requests, without_tier):
     engine = prefix_engine(stand_in, tier_blocks=6)
-    result = run_checked_prefix(engine, chat_requests)
+    result = run_checked(engine, chat_requests)
     assert result.token_ids == without_tier[0].token_ids
     assert engine.cache.offload.stats.dropped_blocks > 0 and engine.cache.offload.tier.num_used <= 6
 
@@ -249,7 +239,7 @@ def test_a_corrupt_prefix_block_in_the_tier_is_never_served_the_prompt_is_comput
         return slots
 
     tier.put = put_and_corrupt
-    result = run_checked_prefix(engine, chat_requests)
+    result = run_checked(engine, chat_requests)
     assert result.token_ids == without_tier[0].token_ids
     assert engine.cache.stats.tier_hit_tokens == 0 and engine.cache.offload.stats.faults > 0
     faults = [f for s in result.steps for f in s.tier_faults]

@@ -32,6 +32,7 @@ import torch
 from .. import traces
 from ..cache import BlockTier, blocks_for, make_cache, swap_in, swap_out
 from ..engine import Engine, Request, serve
+from ..engine.offload import measure_tier_bandwidth
 from ..engine.runner import forward_pass, sync
 from .offload_report import CLAIM, claims, failures, print_report  # noqa: F401 (re-exported: this module's API)
 from .results import RESULTS, save_result
@@ -94,20 +95,14 @@ def tier_bandwidth(device, block_bytes: int, total_mib: int, repeats: int = 5) -
         kinds.append(("pinned host memory", "pinned", False))  # GPU → pinned and back
     rows = []
     for name, kind, flush in kinds:
-        source = torch.randint(0, 256, (n, block_bytes), dtype=torch.uint8,
-                               device=device if kind == "pinned" else "cpu")  # [n, block_bytes]
         with BlockTier(block_bytes, capacity_blocks=n, kind=kind, flush=flush) as tier:
-            writes, reads = [], []
-            for _ in range(repeats + 1):  # the first round warms up (page faults on a fresh file)
-                slots = []
-                writes.append(_timed(lambda: slots.extend(tier.put(source)), device))
-                reads.append(_timed(lambda: tier.get(slots).to(source.device), device))
-                tier.free(slots)
+            write_gb_s, read_gb_s = measure_tier_bandwidth(tier, block_bytes, n, repeats,
+                                                           device=device if kind == "pinned" else "cpu")
             where = f"{os.path.dirname(tier.path)} ({_filesystem(tier.path)})" if tier.path else None
-        write_s, read_s = statistics.median(writes[1:]), statistics.median(reads[1:])
-        rows.append({"tier": name, "kind": kind, "flush": flush, "where": where, "blocks": n, "bytes": n * block_bytes,
-                     "write_s": write_s, "read_s": read_s, "write_gb_s": n * block_bytes / write_s / 1e9,
-                     "read_gb_s": n * block_bytes / read_s / 1e9})
+        nbytes = n * block_bytes
+        rows.append({"tier": name, "kind": kind, "flush": flush, "where": where, "blocks": n, "bytes": nbytes,
+                     "write_s": nbytes / write_gb_s / 1e9, "read_s": nbytes / read_gb_s / 1e9,
+                     "write_gb_s": write_gb_s, "read_gb_s": read_gb_s})
     return {"copy_gb_s": copy.gb_per_s, "copy_bytes": copy.bytes_moved, "block_bytes": block_bytes, "rows": rows,
             "copy_note": "copy GB/s counts read + write bytes of a device-to-device copy; tier GB/s count the bytes "
                          "moved one way", "reads_note": READS_NOTE}

@@ -10,6 +10,7 @@ length slightly favours recompute for long sequences: the benchmark (kvlab.bench
 """
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import dataclass
 
@@ -56,22 +57,31 @@ def choose_preemption(preemption: str, cache, seq_id: int, costs: OffloadCosts |
                                           f"≈ {swap_s * 1e3:.2f} ms vs recomputing ≈ {recompute_s * 1e3:.2f} ms")
 
 
-def measure_tier_bandwidth(tier, block_bytes: int, num_blocks: int = 16, repeats: int = 3) -> tuple[float, float]:
+def measure_tier_bandwidth(tier, block_bytes: int, num_blocks: int = 16, repeats: int = 3,
+                           device="cpu") -> tuple[float, float]:
     """(write GB/s, read GB/s) of `tier`: the median of `repeats` batched puts and gets of `num_blocks` blocks
-    (bytes moved each way: num_blocks × block_bytes)."""
+    (bytes moved each way: num_blocks × block_bytes) from and back to `device`, where the pool lives."""
+    from .runner import sync
+
+    device = torch.device(device)
     count = max(1, min(num_blocks, tier.num_free))
-    data = torch.randint(0, 256, (count, block_bytes), dtype=torch.uint8)
+    data = torch.randint(0, 256, (count, block_bytes), dtype=torch.uint8, device=device)  # [n, block_bytes]
+
+    def timed(fn) -> float:
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        return time.perf_counter() - start
+
     writes, reads = [], []
     for _ in range(repeats + 1):  # the first round warms up (page faults on a fresh file)
-        start = time.perf_counter()
-        slots = tier.put(data)
-        writes.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        tier.get(slots)
-        reads.append(time.perf_counter() - start)
+        slots = []
+        writes.append(timed(lambda: slots.extend(tier.put(data))))
+        reads.append(timed(lambda: tier.get(slots).to(device)))
         tier.free(slots)
     nbytes = count * block_bytes
-    return nbytes / sorted(writes[1:])[repeats // 2] / 1e9, nbytes / sorted(reads[1:])[repeats // 2] / 1e9
+    return nbytes / statistics.median(writes[1:]) / 1e9, nbytes / statistics.median(reads[1:]) / 1e9
 
 
 def measure_prefill_s_per_token(model, num_tokens: int = 64, repeats: int = 3) -> float:
@@ -95,5 +105,5 @@ def measure_prefill_s_per_token(model, num_tokens: int = 64, repeats: int = 3) -
 
 
 def measure_offload_costs(model, cache, tier) -> OffloadCosts:
-    write_gb_s, read_gb_s = measure_tier_bandwidth(tier, cache.block_bytes())
+    write_gb_s, read_gb_s = measure_tier_bandwidth(tier, cache.block_bytes(), device=cache.device)
     return OffloadCosts(write_gb_s, read_gb_s, measure_prefill_s_per_token(model))
