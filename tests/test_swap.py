@@ -8,7 +8,8 @@ import os
 import pytest
 import torch
 
-from kvlab.cache import make_cache
+from kvlab.cache import blocks_for, make_cache
+from kvlab.cache.swap import read_in, reserve_in, stage_out, write_out
 from kvlab.cache.tier import BlockTier
 from kvlab.engine import Engine, Request, StepClock
 from kvlab.engine.offload import OffloadCosts
@@ -26,15 +27,16 @@ def requests():
     return random_requests(40, seed=2, shared_prefixes=2, rate=4.0)
 
 
+def tokens_alone(model, request):
+    """The request's tokens, run by itself in a roomy pool."""
+    engine = swap_engine(model, "paged", num_blocks=64, max_num_seqs=1, budget=256, preemption="recompute")
+    engine.add_request(Request(request.prompt, request.max_new_tokens))
+    return engine.run().outputs[0].token_ids
+
+
 @pytest.fixture(scope="module")
 def alone(stand_in, requests):
-    """Each request's tokens, run by itself in a roomy pool."""
-    tokens = []
-    for request in requests:
-        engine = swap_engine(stand_in, "paged", num_blocks=64, max_num_seqs=1, budget=256, preemption="recompute")
-        engine.add_request(Request(request.prompt, request.max_new_tokens))
-        tokens.append(engine.run().outputs[0].token_ids)
-    return tokens
+    return [tokens_alone(stand_in, request) for request in requests]
 
 
 def swap_engine(model, layout="paged", num_blocks=16, max_num_seqs=4, budget=8, preemption="swap", tier=None,
@@ -85,6 +87,25 @@ def test_swapped_requests_give_the_tokens_they_get_alone_and_nothing_is_in_two_p
     assert len(swapped_out) == result.num_preemptions, "preemption='swap' swaps every victim"
     assert engine.tier.num_used == 0 and engine.tier.stats.blocks_written == engine.tier.stats.blocks_read > 0
     assert all("swap — preemption='swap'" in r for s in result.steps for r in s.preemption_reasons)
+
+
+@pytest.mark.parametrize("layout", ["paged", "prefix"])
+def test_the_tier_is_written_and_read_at_most_once_a_step_however_many_sequences_move(stand_in, layout):
+    burst = random_requests(16, seed=0, rate=1000.0)  # all at once: several swapped requests resume together
+    alone = [tokens_alone(stand_in, request) for request in burst]
+    engine = swap_engine(stand_in, layout, num_blocks=12, max_num_seqs=6, budget=12)
+    copies, before = [], {"puts": 0, "gets": 0}
+
+    def count_copies(engine):
+        stats, step = engine.tier.stats, engine.steps[-1]
+        copies.append((stats.puts - before["puts"], len(step.swapped_out), stats.gets - before["gets"],
+                       len(step.swapped_in)))
+        before.update(puts=stats.puts, gets=stats.gets)
+
+    assert run_checked(engine, burst, count_copies).token_ids == alone
+    assert all(puts == (out > 0) and gets == (into > 0) for puts, out, gets, into in copies), copies
+    assert max(out for _, out, _, _ in copies) >= 2 or max(into for *_, into in copies) >= 2, \
+        "no step moved two sequences: this test checks nothing"
 
 
 def test_a_swapped_in_prefix_block_whose_content_is_still_cached_merges_into_the_cached_block(stand_in, requests,
@@ -245,3 +266,24 @@ def test_a_corrupt_prefix_block_in_the_tier_is_never_served_the_prompt_is_comput
     faults = [f for s in result.steps for f in s.tier_faults]
     assert faults and all("checksum" in f and "computed instead" in f for f in faults)
     assert any(e.kind == "tier-fault" for e in engine.cache.events)
+
+
+def test_one_batched_read_with_a_corrupt_block_loses_only_its_own_sequence(stand_in):
+    cache = make_cache("paged", STAND_IN, "cpu", torch.float32, max_batch=2, max_len=64, block_size=BS, num_blocks=16)
+    tier = BlockTier(cache.block_bytes(), capacity_blocks=16, kind="memory")
+    for pool in cache.k_pools + cache.v_pools:
+        pool.copy_(torch.randn_like(pool))
+    for seq_id, length in ((0, 3 * BS - 1), (1, 2 * BS)):
+        cache.add_sequence(seq_id, 64)
+        cache.block_tables[seq_id] = cache.allocator.allocate(blocks_for(length, BS))
+        cache.lengths[seq_id] = length
+    before = {s: cache.export_blocks(cache.block_tables[s]) for s in (0, 1)}
+    swapped = write_out([stage_out(cache, 0), stage_out(cache, 1)], tier)
+    assert tier.stats.puts == 1 and cache.blocks_free() == 16
+    tier.storage[swapped[0].slots[1], 7] ^= 0xFF  # a block of sequence 0 goes bad in the tier
+    for s in swapped:
+        reserve_in(cache, s.seq_id, 64, s)
+    failed = read_in(cache, swapped, tier)
+    assert set(failed) == {0} and "checksum" in str(failed[0])
+    assert 0 not in cache.lengths and torch.equal(cache.export_blocks(cache.block_tables[1]), before[1])
+    assert tier.num_used == 0 and cache.blocks_free() == 16 - 2

@@ -7,7 +7,7 @@ Every step it forms one batch under two limits — `max_num_seqs` sequences and 
    sequence is preempted: its blocks are freed and it goes back to the front of the waiting queue. Then either
    *recompute* — it later prefills its prompt and output so far again, with prefix-cache hits where the layout
    has them — or *swap* — its K/V was first copied to the tier below the pool, and is copied back when it is
-   admitted again. preemption="auto" chooses per sequence from measured costs (kvlab.engine.offload); a tier
+   admitted again (one tier write and one tier read a step at most, however many sequences move). preemption="auto" chooses per sequence from measured costs (kvlab.engine.offload); a tier
    fault (full, corrupt, gone) is logged and the sequence is recomputed instead: nothing is lost;
 3. then, if nothing was preempted, waiting sequences that have arrived, first come first served, while
    sequences, budget and blocks last.
@@ -22,7 +22,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from ..cache import KVCache, blocks_for
-from ..cache.swap import swap_in, swap_out
+from ..cache.swap import read_in, reserve_in, stage_out, write_out
 from ..cache.tier import TierError
 from .offload import PREEMPTION_MODES, PreemptionChoice, choose_preemption
 from .request import Sequence, Status
@@ -38,6 +38,9 @@ class ScheduledBatch:
     choices: list[PreemptionChoice] = field(default_factory=list)  # one per preempted sequence: swap or recompute, why
     swapped_in: list[Sequence] = field(default_factory=list)
     faults: list[str] = field(default_factory=list)  # tier faults met this step (each recovered by recomputing)
+    staged: list = field(default_factory=list)  # swap victims' K/V, out of the pool, written to the tier in one put
+    reserved: list = field(default_factory=list)  # SwappedOut of swapped_in, read back from the tier in one get
+    lost: list[Sequence] = field(default_factory=list)  # resumed, but the tier lost their K/V: back to waiting
 
     @property
     def num_tokens(self) -> int:
@@ -79,7 +82,13 @@ class Scheduler:
 
     # --- one step ---------------------------------------------------------------------------------------
     def schedule(self, now_s: float) -> ScheduledBatch:
-        batch = ScheduledBatch()
+        batch = self._form(now_s)
+        while batch.lost and not batch.chunks:  # the tier lost all it was to bring back: form it again (recompute)
+            batch = self._form(now_s, batch.faults)
+        return batch
+
+    def _form(self, now_s: float, faults: tuple[str, ...] = ()) -> ScheduledBatch:
+        batch = ScheduledBatch(faults=list(faults))
         budget = self.max_num_batched_tokens
         promised = 0  # blocks the chunks scheduled so far will take when the step begins
         admitting = self.policy == "continuous" or not self.running
@@ -99,6 +108,7 @@ class Scheduler:
                 batch.chunks.append((seq, count))
                 budget -= count
         if batch.preempted or not admitting:
+            self._write_swapped_out(batch)
             self._check(batch)
             return batch
         while self.waiting and len(self.running) < self.max_num_seqs and self.cache.can_add_sequence():
@@ -114,16 +124,18 @@ class Scheduler:
                       else self.cache.blocks_to_add(seq.token_ids, count)[1])
             if blocks > self._blocks_free() - promised:
                 break
-            if swapped and not self._swap_in(seq, swapped, batch):
-                continue  # the tier lost it: admitted next time round as a recompute
             self.waiting.popleft()
-            if not swapped:
+            if swapped:  # fresh blocks now; their K/V comes back from the tier with the others' at the end
+                reserve_in(self.cache, seq.seq_id, seq.max_kv_tokens, swapped)
+                batch.reserved.append(self.swapped.pop(seq.seq_id))
+                batch.swapped_in.append(seq)
+            else:
                 got = self.cache.add_sequence(seq.seq_id, seq.max_kv_tokens, seq.token_ids)
                 if got != cached:  # only a tier fault loses promised prefix blocks (now dropped): count it again
                     fault = getattr(getattr(self.cache, "offload", None), "last_fault", None)
                     assert got < cached and fault, f"the prefix cache served {got} tokens, blocks_to_add said {cached}"
                     self.cache.free_sequence(seq.seq_id)
-                    self.waiting.appendleft(seq)
+                    self.waiting.appendleft(seq)  # popped above
                     batch.faults.append(f"seq {seq.seq_id}: {fault}; its prefix is computed instead")
                     continue
             if seq.first_scheduled_s is None:
@@ -136,6 +148,7 @@ class Scheduler:
                 promised += self.cache.blocks_to_grow(seq.seq_id, count)  # a hit's blocks were taken back just now
                 batch.chunks.append((seq, count))
                 budget -= count
+        self._read_swapped_in(batch)
         self._check(batch)
         return batch
 
@@ -154,16 +167,12 @@ class Scheduler:
         return free if free is not None else 1 << 62
 
     def _preempt(self, seq: Sequence, batch: ScheduledBatch) -> None:
-        """Free every block (its K/V copied to the tier first when swapping), back to the front of the waiting
+        """Free every block (its K/V gathered for the tier first when swapping), back to the front of the waiting
         queue, tokens kept."""
         choice = choose_preemption(self.preemption, self.cache, seq.seq_id, self.costs)
         if choice.mode == "swap":
-            try:
-                self.swapped[seq.seq_id] = swap_out(self.cache, seq.seq_id, self.tier)
-            except TierError as fault:  # nothing moved: recompute it instead
-                batch.faults.append(f"seq {seq.seq_id} swap-out: {fault}")
-                choice = PreemptionChoice(seq.seq_id, "recompute", f"the tier refused its blocks ({fault})")
-        if choice.mode == "recompute":
+            batch.staged.append(stage_out(self.cache, seq.seq_id))
+        else:
             self.cache.free_sequence(seq.seq_id)
             seq.prefilled = False
         self.running.remove(seq)
@@ -173,17 +182,43 @@ class Scheduler:
         batch.preempted.append(seq)
         batch.choices.append(choice)
 
-    def _swap_in(self, seq: Sequence, swapped, batch: ScheduledBatch) -> bool:
-        """Copy a swapped sequence's K/V back; on a tier fault it becomes a recompute (False: not admitted now)."""
-        del self.swapped[seq.seq_id]
+    def _write_swapped_out(self, batch: ScheduledBatch) -> None:
+        """The step's swap victims to the tier in one put; if the tier refuses, they are recomputed instead (their
+        blocks are already free: nothing else to undo)."""
+        if not batch.staged:
+            return
         try:
-            swap_in(self.cache, seq.seq_id, seq.max_kv_tokens, swapped, self.tier)
+            self.swapped |= {s.seq_id: s for s in write_out(batch.staged, self.tier)}
         except TierError as fault:
-            batch.faults.append(f"seq {seq.seq_id} swap-in: {fault}; recomputing its {swapped.length} tokens")
+            victims = {s.seq_id for s in batch.staged}
+            for seq in batch.preempted:
+                if seq.seq_id in victims:
+                    seq.prefilled = False
+            batch.faults.append(f"seq(s) {', '.join(map(str, sorted(victims)))} swap-out: {fault}")
+            batch.choices = [PreemptionChoice(c.seq_id, "recompute", f"the tier refused its blocks ({fault})")
+                             if c.seq_id in victims else c for c in batch.choices]
+        batch.staged = []
+
+    def _read_swapped_in(self, batch: ScheduledBatch) -> None:
+        """The step's resumed sequences' K/V back from the tier in one get; one the tier lost is taken out of the
+        step and goes back to the front of the queue, to be recomputed."""
+        if not batch.reserved:
+            return
+        failed = read_in(self.cache, batch.reserved, self.tier)
+        length = {s.seq_id: s.length for s in batch.reserved}
+        lost = [seq for seq in batch.swapped_in if seq.seq_id in failed]
+        for seq in reversed(lost):  # back to the front in their order
+            batch.faults.append(f"seq {seq.seq_id} swap-in: {failed[seq.seq_id]}; recomputing its "
+                                f"{length[seq.seq_id]} tokens")
             seq.prefilled = False
-            return False
-        batch.swapped_in.append(seq)
-        return True
+            seq.status = Status.WAITING
+            self.running.remove(seq)
+            batch.admitted.remove(seq)
+            batch.swapped_in.remove(seq)
+            batch.chunks = [(s, n) for s, n in batch.chunks if s is not seq]
+            batch.lost.append(seq)
+            self.waiting.appendleft(seq)
+        batch.reserved = []
 
     def _check(self, batch: ScheduledBatch) -> None:
         assert batch.num_tokens <= self.max_num_batched_tokens, "token budget exceeded"

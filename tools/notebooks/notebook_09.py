@@ -14,7 +14,7 @@ bandwidth, and what recomputing the same K/V costs.
 **The mechanism.** kvlab puts a **block tier** below the paged pool (`kvlab/cache/tier.py`): on a GPU, pinned host
 memory; on a machine with no GPU, where the pool already lives in host memory, a **memory-mapped file on disk** —
 the "NVMe" tier. It stores fixed-size blocks of bytes and knows nothing of the model; blocks move in one batched
-copy per request, each with a CRC-32 checked on the way back. Two things use it:
+copy per step (however many requests move), each block with a CRC-32 checked on the way back. Two things use it:
 
 1. **swap preemption** (`preemption="swap"`): when the pool runs dry, the newest request's blocks are copied to the
    tier and freed; when it is admitted again they are copied back and it resumes decoding — no recompute.
