@@ -1,6 +1,7 @@
 """The offload benchmark at tiny sizes on the real model: every part measured and standard JSON, swaps bit-exact and
 moving whole blocks, a prefix loaded back from the tier gives the cold run's tokens, swap preemption recomputes
-nothing where recompute preemption does, and the crossover helper finds where swapping starts to win."""
+nothing where recompute preemption does, the crossover helper finds where swapping starts to win; on the chatbot
+scenario the tier serves what the pool evicted, with the same tokens."""
 from __future__ import annotations
 
 import json
@@ -10,6 +11,8 @@ import pytest
 
 from kvlab.bench import offload
 from kvlab.bench.__main__ import main
+from kvlab.bench.offload_chatbot import chatbot_tier
+from kvlab.viz.offload_figures import chatbot_tier_figure
 
 TINY = dict(tier_mib=2, lengths=(16, 40), prefix_tokens=32, num_requests=4, num_blocks=4, max_num_seqs=4,
             max_num_batched_tokens=64, prompt_mean=24, output_mean=12, context=48, repeats=1)
@@ -103,3 +106,31 @@ def test_the_cli_fails_when_tokens_changed_or_a_swap_was_not_exact(monkeypatch, 
     monkeypatch.setattr(offload, "print_report", lambda report: None)
     with pytest.raises(SystemExit, match=needle):
         main(["offload", "--no-save"])
+
+
+@pytest.fixture(scope="module")
+def chatbot(model, tokenizer):
+    return chatbot_tier(model, tokenizer, chat_requests=2, new_tokens=4)
+
+
+def test_on_the_chatbot_the_tier_turns_the_pools_partial_hit_into_a_whole_one_with_the_same_tokens(chatbot):
+    assert chatbot["same_tokens"]
+    (first, other, second), tiered = chatbot["runs"]["pool"]["rows"], chatbot["runs"]["tier"]["rows"]
+    assert [r["kind"] for r in tiered] == ["chat", "other", "chat"]
+    whole = chatbot["shared_prompt_tokens"] // chatbot["block_size"] * chatbot["block_size"]
+    assert tiered[2]["pool_hit_tokens"] + tiered[2]["tier_hit_tokens"] == whole
+    assert tiered[2]["tier_hit_tokens"] > 0 and second["tier_hit_tokens"] == 0
+    assert 0 < second["pool_hit_tokens"] < whole, "the other request should evict part of the system prompt"
+    assert first["pool_hit_tokens"] == tiered[0]["pool_hit_tokens"] == 0, "the warm-up must not seed the cache"
+
+
+def test_the_chatbot_figure_stacks_each_requests_prompt_by_source(chatbot):
+    fig = chatbot_tier_figure(chatbot)
+    stacks = {}
+    for trace in fig.data:
+        if trace.xaxis == "x2":
+            stacks.setdefault(trace.offsetgroup, []).append(trace.y)
+    for run, group in (("pool", "left"), ("tier", "right")):
+        totals = [sum(parts) for parts in zip(*stacks[group])]
+        assert totals == [r["prompt_tokens"] for r in chatbot["runs"][run]["rows"]]
+    assert sum(1 for t in fig.data if t.xaxis == "x") == 2

@@ -4,6 +4,8 @@
 * swap_vs_recompute_figure — swapping a request's K/V out and in against recomputing it, by context length,
   with the crossover where swapping starts to win;
 * prefix_ttft_figure — TTFT of a prompt whose prefix is cold, cached in the pool, or loaded back from the tier;
+* chatbot_tier_figure — the chatbot scenario with other traffic between its requests: TTFT per request and the
+  prompt tokens the pool and the tier served, with and without the tier;
 * tier_traffic_figure — per step: blocks in the pool, blocks in the tier, and the requests swapped out and in.
 """
 from __future__ import annotations
@@ -72,6 +74,35 @@ def prefix_ttft_figure(report: dict) -> go.Figure:
                            hovertemplate="%{x}: TTFT %{y:.1f} ms<extra></extra>"))
     fig.update_layout(template="plotly_white", height=340, margin=dict(t=60, l=60, r=20, b=40), yaxis_title="ms",
                       title=f"Time to first token of a prompt sharing a {report['prefix_tokens']}-token prefix")
+    return fig
+
+
+def chatbot_tier_figure(report: dict) -> go.Figure:
+    """report: kvlab.bench.offload_chatbot.chatbot_tier's {"runs": {"pool", "tier"}: {"rows": [{kind, ttft_s,
+    prompt_tokens, pool_hit_tokens, tier_hit_tokens}]}}."""
+    runs = report["runs"]
+    names = [f"{i + 1} · {r['kind']}" for i, r in enumerate(runs["pool"]["rows"])]
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1,
+                        subplot_titles=("time to first token (ms)", "prompt tokens: served by … (left: pool only)"))
+    for run, label, colour in (("pool", "pool only", PREFILL_COLOUR), ("tier", "pool + tier", TIER_COLOUR)):
+        fig.add_bar(x=names, y=[r["ttft_s"] * 1e3 for r in runs[run]["rows"]], name=f"TTFT, {label}",
+                    marker_color=colour, offsetgroup=run, row=1, col=1,
+                    hovertemplate=f"%{{x}}, {label}: TTFT %{{y:.0f}} ms<extra></extra>")
+    parts = (("pool_hit_tokens", "the pool", POOL_COLOUR), ("tier_hit_tokens", "the tier", TIER_COLOUR),
+             (None, "prefill", PREFILL_COLOUR))
+    for run, group in (("pool", "left"), ("tier", "right")):
+        for key, label, colour in parts:
+            rows = runs[run]["rows"]
+            values = [r[key] if key else r["prompt_tokens"] - r["pool_hit_tokens"] - r["tier_hit_tokens"]
+                      for r in rows]
+            fig.add_bar(x=names, y=values, name=label, marker_color=colour, offsetgroup=group,
+                        legendgroup=label, showlegend=run == "pool",
+                        hovertemplate=f"%{{x}} ({'pool only' if run == 'pool' else 'pool + tier'}): %{{y}} tokens "
+                                      f"from {label}<extra></extra>", row=1, col=2)
+    # "relative": bars of one offset group stack (right), offset groups stand side by side (both panels)
+    fig.update_layout(template="plotly_white", barmode="relative", height=400, margin=dict(t=70, l=60, r=20, b=60),
+                      title=f"A chatbot's {report['shared_prompt_tokens']}-token system prompt, other traffic between "
+                            "its requests", legend=dict(orientation="h", y=-0.2, yanchor="top"))
     return fig
 
 

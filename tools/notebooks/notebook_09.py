@@ -31,6 +31,7 @@ DEVICE = "auto"  # "cpu", "cuda" or "auto"
 LENGTHS = None  # context lengths for swap vs recompute; None: 16, 64, 256 on a CPU, 256 … 16384 on a GPU
 PRESSURE_REQUESTS = None  # requests in the memory-pressure run; None: 8 on a CPU, 64 on a GPU
 PRESSURE_BLOCKS = None  # the small pool they share, in blocks of 16 tokens; None: 12 on a CPU, 256 on a GPU
+CHAT_REQUESTS = None  # chatbot requests (a ~1,100-token system prompt), other traffic between; None: 3 / 12
 PREFIX_TOKENS = None  # the shared prefix of the prefix-hit TTFT; None: 128 on a CPU, 2048 on a GPU
 PREMISE_CONTEXT = None  # the running sequence whose older half would live in the tier; None: 512 / 8192
 TIER_MIB = None  # bytes moved per bandwidth measurement; None: 32 MiB on a CPU, 512 MiB on a GPU
@@ -44,12 +45,13 @@ from IPython.display import display
 import kvlab
 from kvlab import Request
 from kvlab.bench import offload as offload_bench
+from kvlab.bench.offload_chatbot import chatbot_tier
 from kvlab.bench.results import recorded_gpu_runs
 from kvlab.cache import BlockTier, blocks_for, make_cache
 from kvlab.exercises import check_number
 from kvlab.viz import mode_banner
-from kvlab.viz.offload_figures import (prefix_ttft_figure, swap_vs_recompute_figure, tier_bandwidth_figure,
-                                       tier_traffic_figure)
+from kvlab.viz.offload_figures import (chatbot_tier_figure, prefix_ttft_figure, swap_vs_recompute_figure,
+                                       tier_bandwidth_figure, tier_traffic_figure)
 from kvlab.viz.serving_figures import gantt_figure
 from kvlab.viz.serving_widget import ServingLab
 
@@ -59,6 +61,7 @@ on_gpu = device.type == "cuda"
 LENGTHS = LENGTHS or ((256, 1024, 4096, 16384) if on_gpu else (16, 64, 256))
 PRESSURE_REQUESTS = PRESSURE_REQUESTS or (64 if on_gpu else 8)
 PRESSURE_BLOCKS = PRESSURE_BLOCKS or (256 if on_gpu else 12)
+CHAT_REQUESTS = CHAT_REQUESTS or (12 if on_gpu else 3)
 PREFIX_TOKENS = PREFIX_TOKENS or (2048 if on_gpu else 128)
 PREMISE_CONTEXT = PREMISE_CONTEXT or (8192 if on_gpu else 512)
 TIER_MIB = TIER_MIB or (512 if on_gpu else 32)
@@ -135,10 +138,35 @@ tier_traffic_figure(pressure["swap"]).show()
     md("""
 ## 4 · The offloaded prefix cache: a chatbot's system prompt, evicted and loaded back
 
-A request whose prompt is a long shared prefix (a system prompt, a document) plus a short question, served three
-ways: **cold** (nothing cached), **a pool hit** (the prefix's blocks still in the pool), and **a tier hit** (another
-prompt filled the pool in between, the prefix's blocks were evicted into the tier by their chain hash, and the
-request loads them back). The prefix cache's statistics say which tier served each hit.
+The chatbot scenario of notebook 04: every request is the same ~1,100-token system prompt (instructions and tool
+definitions) plus a different question. Between two chat requests comes other traffic — the RAG scenario's
+requests, with their own instructions and documents — and the prefix-caching pool has room for about one request.
+Each other request evicts the tail of the system prompt's blocks (a sequence's tail goes first, its head is likelier
+to be shared). The same requests, one at a time, twice:
+
+* **pool only** — a chat request reuses the head blocks still in the pool and prefills the rest again;
+* **pool + tier** — the evicted blocks went to the tier below the pool, still named by their chain hash, and the
+  chat request loads them back. (So does the second RAG request, which shares its documents with the first.)
+
+The prefix cache's statistics say how many prompt tokens each tier served.
+"""),
+    code("""
+# NBVAL_IGNORE_OUTPUT
+chat = chatbot_tier(model, tokenizer, CHAT_REQUESTS)
+print(f"pool: {chat['pool_blocks']} blocks of {chat['block_size']} tokens; the chat requests share "
+      f"{chat['shared_prompt_tokens']} prompt tokens\\n")
+print(f"{'request':44s} {'prompt':>6s} │ {'pool only: TTFT, hit':>22s} │ {'pool + tier: TTFT, pool + tier hit':>36s}")
+for alone, tiered in zip(chat["runs"]["pool"]["rows"], chat["runs"]["tier"]["rows"]):
+    print(f"{alone['kind'] + ': ' + alone['label'][:36]:44s} {alone['prompt_tokens']:6d} │ "
+          f"{alone['ttft_s'] * 1e3:8.0f} ms {alone['pool_hit_tokens']:5d} tok │ "
+          f"{tiered['ttft_s'] * 1e3:8.0f} ms {tiered['pool_hit_tokens']:5d} + {tiered['tier_hit_tokens']:5d} tok")
+print("\\nsame tokens with and without the tier:", chat["same_tokens"])
+chatbot_tier_figure(chat).show()
+"""),
+    md("""
+The same mechanism with one prompt and nothing else in the way, so that the three ways a prefix can be served
+sit side by side: **cold** (nothing cached), **a pool hit** (the prefix's blocks still in the pool), and **a tier
+hit** (a filler prompt that needed the whole pool evicted them to the tier, and they are loaded back).
 """),
     code("""
 # NBVAL_IGNORE_OUTPUT
@@ -245,7 +273,9 @@ its output, and what happens to a swapped request's blocks if the tier file is d
 * The tier is a place to put K/V that is *not being read*: a preempted or idle request, an evicted prefix.
 * Swapping moves only the request's own K/V; recomputing re-reads every weight. On this CPU swap wins at every
   length measured; on a GPU recompute is cheaper per token and the crossover moves (see the recorded panel).
-* A prefix evicted to the tier comes back faster than a cold prefill, and slower than a pool hit.
+* A prefix evicted to the tier comes back faster than a cold prefill, and slower than a pool hit. On the
+  chatbot with other traffic between its requests, the tier turns a partial hit (the head the pool kept) into a
+  whole one.
 * Under memory pressure, swap and recompute give the same tokens; swap turns re-prefill work into copies.
 * "Older tokens are accessed less often" is false for a running sequence under full attention.
 """),
