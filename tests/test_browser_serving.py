@@ -10,7 +10,9 @@ the step label "Step 0 ..."), screenshots the lab (test-artifacts/serving_lab_st
 for the line and the label to reach step 1 (serving_lab_step1.png), then moves the replay slider with the keyboard
 (its noUiSlider handle focused, ArrowRight) until its readout says TARGET_STEP, and waits for the Gantt line,
 the label, the pool's title and the faded cells of the Gantt chart to follow (serving_lab_replayed.png). Last, it
-types a bad pool size and presses run: a red message, no traceback, and the replay stays where it was. It fails
+types a bad pool size and presses run: a red message, no traceback, and the replay stays where it was. Then it
+sets the pool to 8 blocks and preempt-by to swap and runs again: the tier plot must draw blocks in the tier and as
+many swaps in as out (serving_lab_swapped.png). It fails
 on any traceback, and on any anywidget error in the page's console (a plot whose widget never initialised).
 
 The plots' data is read from the DOM (each plotly div's `data` and `layout`), so the check covers what the
@@ -43,6 +45,9 @@ SLIDER = ".kvlab-serving-slider"
 STEP_BUTTON = "button.kvlab-serving-step"
 RUN_BUTTON = "button.kvlab-serving-run"
 POOL_TEXT = ".kvlab-serving-pool-blocks input"
+SWAP_BUTTON = ".kvlab-serving-preemption button:has-text('swap')"
+TIER = f"{WIDGET} .js-plotly-plot.kvlab-serving-tier"
+SWAP_RUN_TIMEOUT_S = 120  # the lab serves its requests again on the real model, through 8 blocks
 RUN_TIMEOUT_S = 300  # run-all of the lab's cells on a 2-core CPU: model load, then the lab's first run
 # on the wall clock before the lab, then the lab's first run
 CHANGE_TIMEOUT_S = 30  # one replayed step redraws five plots in the kernel; no model runs
@@ -158,7 +163,22 @@ def _slide_to(page, slider, target: int) -> int:
     return presses
 
 
-def test_serving_lab_replays_the_step_chosen_by_its_step_button_and_its_slider(lab, chromium, notebook_path):
+def _tier_traffic(page) -> dict:
+    """The tier plot's traces as the browser drew them: name → the sum and the largest of its y values."""
+    return page.evaluate(
+        """(tier) => {
+            const t = document.querySelector(tier);  // _fullData: y decoded from any typed-array spec
+            const out = {};
+            for (const trace of (t && t._fullData) || []) {
+                const y = Array.from(trace.y || []).map(Number);
+                out[trace.name] = {sum: y.reduce((a, b) => a + b, 0), max: Math.max(0, ...y)};
+            }
+            return out;
+        }""", TIER)
+
+
+def test_serving_lab_replays_the_step_chosen_by_its_step_button_and_its_slider_and_draws_swaps(lab, chromium,
+                                                                                                notebook_path):
     with browser_page(chromium, 2400, ARTIFACTS / "serving_lab_failure.png") as page:
         console = _watch_console(page)
         wait = lambda page, lab: _wait_for_lab_plot(page, lab, console)  # noqa: E731
@@ -207,3 +227,22 @@ def test_serving_lab_replays_the_step_chosen_by_its_step_button_and_its_slider(l
         assert _shows_step(refused, TARGET_STEP), _describe(refused)  # the last run's replay stays
         assert not error_outputs(page), "a bad value gave a traceback:\n" + "\n\n".join(error_outputs(page))
         assert not [e for e in console if "anywidget" in e], f"a plot's widget failed in the page: {console}"
+
+        # preempt by swap through 8 blocks: the tier plot fills with blocks and swaps
+        before = _tier_traffic(page)
+        assert before["swapped out"]["sum"] == 0, before  # the first run preempted by recompute
+        pool.fill("8")
+        widget.locator(SWAP_BUTTON).click()
+        time.sleep(0.5)  # both values reach the kernel before the click
+        clicked = time.monotonic()
+        run_button.click()
+        deadline = time.monotonic() + SWAP_RUN_TIMEOUT_S
+        while time.monotonic() < deadline and not _tier_traffic(page).get("swapped out", {}).get("sum"):
+            time.sleep(1)
+        swapped = _tier_traffic(page)
+        print(f"swap run: {time.monotonic() - clicked:.0f} s in the browser; tier plot {swapped}")
+        assert swapped["swapped out"]["sum"] > 0 and swapped["swapped back in"]["sum"] == swapped["swapped out"]["sum"], \
+            swapped
+        assert swapped["in the tier"]["max"] > 0, swapped
+        assert not error_outputs(page), "the swap run raised:\n" + "\n\n".join(error_outputs(page))
+        screenshot_widget(page, widget, ARTIFACTS / "serving_lab_swapped.png")

@@ -7,8 +7,9 @@ Every step it forms one batch under two limits — `max_num_seqs` sequences and 
    sequence is preempted: its blocks are freed and it goes back to the front of the waiting queue. Then either
    *recompute* — it later prefills its prompt and output so far again, with prefix-cache hits where the layout
    has them — or *swap* — its K/V was first copied to the tier below the pool, and is copied back when it is
-   admitted again (one tier write and one tier read a step at most, however many sequences move). preemption="auto" chooses per sequence from measured costs (kvlab.engine.offload); a tier
-   fault (full, corrupt, gone) is logged and the sequence is recomputed instead: nothing is lost;
+   admitted again (one tier write and one tier read a step at most, however many sequences move).
+   preemption="auto" chooses per sequence from measured costs (kvlab.engine.offload); a tier fault (full,
+   corrupt, gone) is logged and the sequence is recomputed instead: nothing is lost;
 3. then, if nothing was preempted, waiting sequences that have arrived, first come first served, while
    sequences, budget and blocks last.
 policy="static" admits only when nothing is running (request-level batching: a batch runs until its last

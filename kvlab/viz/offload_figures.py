@@ -116,10 +116,11 @@ def tier_traffic_figure(source, upto_step: int | None = None) -> go.Figure:
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.12, row_heights=[0.6, 0.4],
                         subplot_titles=("blocks holding K/V", "requests moved per step"))
     fig.add_scatter(x=index, y=[s.blocks_used or 0 for s in steps], mode="lines", name="in the pool",
-                    line=dict(color=POOL_COLOUR, shape="hv"), hovertemplate="step %{x}: %{y} pool blocks<extra></extra>",
-                    row=1, col=1)
+                    line=dict(color=POOL_COLOUR, shape="hv"), row=1, col=1,
+                    hovertemplate="step %{x}: %{y} pool blocks<extra></extra>")
     fig.add_scatter(x=index, y=[s.tier_blocks_used or 0 for s in steps], mode="lines", name="in the tier",
-                    line=dict(color=TIER_COLOUR, shape="hv"), hovertemplate="step %{x}: %{y} tier blocks<extra></extra>",
+                    line=dict(color=TIER_COLOUR, shape="hv"),
+                    hovertemplate="step %{x}: %{y} tier blocks<extra></extra>",
                     row=1, col=1)
     recomputed = [len(s.preempted) - len(s.swapped_out) for s in steps]
     for values, name, colour in (([len(s.swapped_out) for s in steps], "swapped out", TIER_COLOUR),

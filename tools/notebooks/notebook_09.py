@@ -67,9 +67,11 @@ PREMISE_CONTEXT = PREMISE_CONTEXT or (8192 if on_gpu else 512)
 TIER_MIB = TIER_MIB or (512 if on_gpu else 32)
 probe = make_cache("paged", model.config, device, model.dtype, 1, 16, block_size=16, num_blocks=1)
 BLOCK_BYTES = probe.block_bytes()
-display(mode_banner(device, model.dtype, f"The tier below the pool here: {'pinned host memory' if on_gpu else 'a memory-mapped file on disk'}. "
+tier_here = "pinned host memory" if on_gpu else "a memory-mapped file on disk"
+display(mode_banner(device, model.dtype, f"The tier below the pool here: {tier_here}. "
                     "Every time below is measured on this machine, now."))
-print(f"one block of 16 tokens holds {BLOCK_BYTES / 2**10:.0f} KiB of K and V ({probe.bytes_per_token():,} bytes a token)")
+print(f"one block of 16 tokens holds {BLOCK_BYTES / 2**10:.0f} KiB of K and V "
+      f"({probe.bytes_per_token():,} bytes a token)")
 """),
     md("""
 ## 1 · The tiers, measured
