@@ -233,7 +233,7 @@ class ServingLab:
                                             style={"button_width": "105px"})
         self.policy.add_class("kvlab-serving-policy")
         self.preemption = widgets.ToggleButtons(options=list(PREEMPTIONS), value="recompute", description="preempt by",
-                                                style={"button_width": "90px"},
+                                                style={"button_width": "105px"},
                                                 tooltips=["free its blocks; prefill it again later",
                                                           "copy its blocks to the tier below the pool; copy back later"])
         self.preemption.add_class("kvlab-serving-preemption")
