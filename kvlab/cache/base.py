@@ -29,6 +29,7 @@ class Step:
     kv_lens: torch.Tensor  # [B] int64, tokens each sequence attends over once this step is written
     valid: torch.Tensor  # [B, T] bool, True for real (not padding) tokens
     new_token_ids: list[list[int]] | None = None  # the new tokens' ids per sequence, when the engine gives them
+    tentative: list[int] | None = None  # per sequence, how many of its last new tokens are drafts (speculation)
     _masks: dict = field(default_factory=dict, repr=False)  # span → causal_mask, built once per step, not per layer
 
     def attention_mask(self, span: int) -> torch.Tensor | None:
@@ -79,8 +80,11 @@ class KVCache:
         return self.lengths[seq_id]
 
     # --- one step --------------------------------------------------------------------------------
-    def begin_step(self, seq_ids: list[int], num_new: list[int], new_token_ids: list[list[int]] | None = None) -> Step:
-        """new_token_ids: the ids of the new tokens per sequence (a prefix cache hashes full blocks by them)."""
+    def begin_step(self, seq_ids: list[int], num_new: list[int], new_token_ids: list[list[int]] | None = None,
+                   tentative: list[int] | None = None) -> Step:
+        """new_token_ids: the ids of the new tokens per sequence (a prefix cache hashes full blocks by them).
+        tentative: per sequence, how many of its last new tokens are drafts that rollback() may take back (a prefix
+        cache hashes no block holding one until rollback() confirms it)."""
         assert self.current_step is None, "end_step() was not called after the previous step"
         if len(seq_ids) != len(num_new) or not seq_ids:
             raise ValueError(f"need one new-token count per sequence, got {len(seq_ids)} ids and {len(num_new)} counts")
@@ -95,6 +99,9 @@ class KVCache:
         if new_token_ids is not None and [len(ids) for ids in new_token_ids] != list(num_new):
             raise ValueError(f"new_token_ids has {[len(ids) for ids in new_token_ids]} ids per sequence, "
                              f"num_new says {list(num_new)}")
+        if tentative is not None and (len(tentative) != len(seq_ids)
+                                      or any(not 0 <= t < n for t, n in zip(tentative, num_new))):
+            raise ValueError(f"tentative must give 0 ≤ drafts < new tokens per sequence, got {tentative} for {num_new}")
         cached = torch.tensor([self.lengths[s] for s in seq_ids], dtype=torch.int64)
         q_lens = torch.tensor(num_new, dtype=torch.int64)
         offsets = torch.arange(max(num_new), dtype=torch.int64)
@@ -105,6 +112,7 @@ class KVCache:
             kv_lens=(cached + q_lens).to(self.device),
             valid=(offsets[None, :] < q_lens[:, None]).to(self.device),
             new_token_ids=[list(ids) for ids in new_token_ids] if new_token_ids is not None else None,
+            tentative=list(tentative) if tentative is not None else None,
         )
         self._prepare(step)  # may raise (e.g. out of memory) before anything changes
         self.current_step = step
@@ -148,6 +156,21 @@ class KVCache:
 
     def fork(self, parent: int, child: int) -> None:
         raise ValueError(f"the {self.name!r} layout cannot fork a sequence; use cache='paged' or cache='prefix'")
+
+    can_rollback = False  # True where rollback(seq_id, length) works (speculative decoding)
+
+    def rollback(self, seq_id: int, length: int) -> int:
+        """Keep the first `length` cached tokens of `seq_id` and forget the rest (drafts the target rejected);
+        returns how many blocks went back to the pool."""
+        raise ValueError(f"the {self.name!r} layout cannot roll back a sequence's cached tokens; use cache='contiguous', "
+                         f"'paged' or 'prefix'")
+
+    def _check_rollback(self, seq_id: int, length: int) -> None:
+        if seq_id not in self.lengths:
+            raise KeyError(f"sequence {seq_id} is not in the cache")
+        if not 0 <= length <= self.lengths[seq_id]:
+            raise ValueError(f"sequence {seq_id} holds {self.lengths[seq_id]} tokens: cannot roll back to {length}")
+        assert self.current_step is None, "rollback() inside a step"
 
     def check_fits(self, seq_id: int, max_tokens: int) -> None:
         """ValueError unless a sequence holding `max_tokens` tokens could ever fit (in an otherwise empty cache)."""

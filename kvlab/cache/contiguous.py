@@ -34,6 +34,14 @@ class ContiguousCache(KVCache):
         self._span = 0  # positions attention reads: the longest sequence after this step
         self._single: tuple[int, int, int] | None = None  # a one-sequence step: (row, first new position, count)
 
+    can_rollback = True
+
+    def rollback(self, seq_id: int, length: int) -> int:
+        """The row keeps its memory; positions past `length` are written over by the next tokens."""
+        self._check_rollback(seq_id, length)
+        self.lengths[seq_id] = length
+        return 0
+
     def check_fits(self, seq_id: int, max_tokens: int) -> None:
         if max_tokens > self.max_len:
             raise ValueError(f"sequence {seq_id} needs {max_tokens} tokens, more than max_len={self.max_len}")

@@ -94,6 +94,20 @@ class PagedCache(KVCache):
         self.block_tables[child] = shared + fresh
         self.lengths[child] = length
 
+    can_rollback = True
+
+    def rollback(self, seq_id: int, length: int) -> int:
+        """Blocks past the first `length` tokens go back to the pool (a partly kept block keeps its stale tail,
+        written over by the next tokens)."""
+        self._check_rollback(seq_id, length)
+        table, keep = self.block_tables[seq_id], blocks_for(length, self.block_size)
+        released = table[keep:]
+        for block in reversed(released):
+            self.allocator.release(block)
+        del table[keep:]
+        self.lengths[seq_id] = length
+        return len(released)
+
     def _copy_block(self, source: int, target: int) -> None:
         """K and V of physical block `source` into block `target`, in every layer."""
         for pools in (self.k_pools, self.v_pools):

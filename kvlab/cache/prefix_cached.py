@@ -255,15 +255,31 @@ class PrefixCachedPagedCache(PagedCache):
 
     def _commit(self, step: Step) -> None:
         super()._commit(step)
-        for seq_id, ids in zip(step.seq_ids, step.new_token_ids):
+        drafts = step.tentative or [0] * step.batch
+        for seq_id, ids, tentative in zip(step.seq_ids, step.new_token_ids, drafts):
             self.token_ids[seq_id] += ids
-            self._register_full_blocks(seq_id)
+            self._register_full_blocks(seq_id, len(self.token_ids[seq_id]) - tentative)
 
-    def _register_full_blocks(self, seq_id: int) -> None:
-        """Hash every block of the sequence that is now full, and cache it unless its content is cached already."""
+    def rollback(self, seq_id: int, length: int) -> int:
+        """Drafts past `length` leave (their blocks were never hashed); the blocks the kept tokens fill are hashed
+        now. A hashed block cannot be cut into: its content is what its hash names."""
+        self._check_rollback(seq_id, length)
+        hashed = len(self.block_hashes[seq_id]) * self.block_size
+        if length < hashed:
+            raise ValueError(f"sequence {seq_id}: its first {hashed} tokens are in hashed blocks; cannot roll back to "
+                             f"{length}")
+        released = super().rollback(seq_id, length)
+        del self.token_ids[seq_id][length:]
+        self._register_full_blocks(seq_id)
+        return released
+
+    def _register_full_blocks(self, seq_id: int, confirmed: int | None = None) -> None:
+        """Hash every block of the sequence that is now full of confirmed tokens (the first `confirmed`; all by
+        default), and cache it unless its content is cached already."""
         bs, table, hashes, ids = self.block_size, self.block_tables[seq_id], self.block_hashes[seq_id], self.token_ids[seq_id]
+        confirmed = len(ids) if confirmed is None else confirmed
         registered = []
-        for j in range(len(hashes), len(ids) // bs):
+        for j in range(len(hashes), confirmed // bs):
             parent_hash, parent = (hashes[j - 1], table[j - 1]) if j else (None, None)
             block_ids = ids[j * bs:(j + 1) * bs]
             block_hash = self.index.hash_fn(parent_hash, block_ids)

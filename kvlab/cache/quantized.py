@@ -118,6 +118,7 @@ class QuantizedPagedCache(PagedCache):
         self.recent_slots[seq_id] = self._free_recent.pop()
 
     can_swap = False  # its blocks live in code and scale pools and a recent-rows buffer: not swapped (yet)
+    can_rollback = False  # sealed blocks are quantized once: drafts cannot be taken back out of them
 
     def can_add_sequence(self) -> bool:
         return not self.scheme.keeps_recent or bool(self._free_recent)

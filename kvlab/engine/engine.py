@@ -22,8 +22,9 @@ from .clock import StepClock, WallClock
 from .metrics import RequestOutput, ServeResult, StepRecord
 from .offload import PREEMPTION_MODES, OffloadCosts, measure_offload_costs
 from .request import Request, Sequence, Status
-from .runner import run_chunks, sync
-from .sampling import check_sampling_args, sample_next
+from ..spec import Draft, SpecRow, SpecStats, accept_greedy, accept_sampled, make_drafter
+from .runner import run_chunks, sync, verify_pass
+from .sampling import check_sampling_args, sample_next, sampling_probs
 from .scheduler import POLICIES, Scheduler
 
 
@@ -55,7 +56,8 @@ class Engine:
                  policy: str = "continuous", temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
                  chat: bool = False, stop_at_eos: bool = True, stop_token_ids: list[int] | None = None,
                  clock: WallClock | StepClock | None = None, on_step=None, preemption: str = "recompute",
-                 swap_tier=None, offload_costs: OffloadCosts | None = None):
+                 swap_tier=None, offload_costs: OffloadCosts | None = None, speculative=None,
+                 num_speculative_tokens: int = 4, speculative_options: dict | None = None):
         positive_int("max_num_seqs", max_num_seqs)
         positive_int("max_num_batched_tokens", max_num_batched_tokens)
         if policy not in POLICIES:
@@ -77,17 +79,37 @@ class Engine:
         if swaps and preemption == "auto" and offload_costs is None:
             offload_costs = measure_offload_costs(model, cache, swap_tier)
         self.tier, self.offload_costs = (swap_tier, offload_costs) if swaps else (None, None)
-        self.scheduler = Scheduler(cache, max_num_seqs, max_num_batched_tokens, policy, preemption, self.tier,
-                                   self.offload_costs)
         self.temperature, self.top_p, self.chat = temperature, top_p, chat
+        self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        self.drafter, self.spec_stats = self._drafter(speculative, num_speculative_tokens, speculative_options or {})
+        self.scheduler = Scheduler(cache, max_num_seqs, max_num_batched_tokens, policy, preemption, self.tier,
+                                   self.offload_costs, lookahead=num_speculative_tokens if self.drafter else 0)
         eos = [tokenizer.eos_token_id] if tokenizer is not None else [model.config.eos_token_id]
         self.stop_token_ids = set(stop_token_ids if stop_token_ids is not None else eos) if stop_at_eos else set()
-        self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
         self.clock = clock if clock is not None else WallClock()
         self.on_step = on_step  # on_step(step_index, cache, running seq ids): after the forward, before frees
         self.sequences: list[Sequence] = []  # by seq_id
         self.steps: list[StepRecord] = []
         self._wall_s = 0.0
+
+    def _drafter(self, speculative, k: int, options: dict):
+        """The drafter and its stats, or (None, None) without speculation (then no draft option is taken)."""
+        if speculative is None:
+            if options:
+                raise ValueError(f"speculative_options {sorted(options)} need speculative='ngram' or 'self'")
+            return None, None
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < self.model.config.context_len:
+            raise ValueError(f"num_speculative_tokens must be a whole number in 1..{self.model.config.context_len - 1}"
+                             f", got {k!r}")
+        if not self.cache.can_rollback:
+            raise ValueError(f"speculative decoding rolls back rejected drafts, which the {self.cache.name!r} layout "
+                             f"cannot do; use cache='contiguous', 'paged' or 'prefix'")
+        unknown = sorted(set(options) - {"min_n", "max_n", "draft_layers"})
+        if unknown:
+            raise ValueError(f"unknown speculative options {unknown}; they are min_n, max_n (ngram), draft_layers (self)")
+        drafter = make_drafter(speculative, self.model, self.cache, k, self.temperature, self.top_p, self.generator,
+                               **options)
+        return drafter, SpecStats(drafter.name, k)
 
     @property
     def max_num_seqs(self) -> int:
@@ -146,29 +168,46 @@ class Engine:
         wall_start = time.perf_counter()
         decode = tuple(s.seq_id for s, _ in batch.chunks if s.prefilled)  # the rest are prefill chunks
         context_len = max(len(s.token_ids) for s, _ in batch.chunks)
+        drafts = self._propose(batch)  # seq_id → Draft, for decoding sequences given lookahead slots
 
-        # run: the model computes every chunk; a row whose chunk reaches the end of its tokens gives a token
-        logits_by_seq, kv_bytes, weight_bytes = run_chunks(self.model, self.cache, batch.chunks)
+        # run: the model computes every chunk; a row whose chunk reaches the end of its tokens gives a token;
+        # a drafted row is verified: the target's logits at its last token and at each draft
+        plain = [(s, n) for s, n in batch.chunks if s.seq_id not in drafts]
+        logits_by_seq, kv_bytes, weight_bytes = run_chunks(self.model, self.cache, plain)
+        verified = self._verify(batch, drafts)
+        kv_bytes, weight_bytes = kv_bytes + verified[1], weight_bytes + verified[2]
         scheduled = {s.seq_id for s, _ in batch.chunks}
-        emitting = [s for s in self.scheduler.running if s.seq_id in scheduled and self._caught_up(s)]
-        rows = self._fork_finished_prefills(emitting, logits_by_seq)
+        emitting = [s for s in self.scheduler.running
+                    if s.seq_id in scheduled and (s.seq_id in drafts or self._caught_up(s))]
+        rows = self._fork_finished_prefills([s for s in emitting if s.seq_id not in drafts], logits_by_seq)
         next_ids = sample_next(torch.stack([logits for _, logits in rows]), self.temperature, self.top_p,
                                self.generator).tolist() if rows else []
+        outcomes = [(seq, [token]) for (seq, _), token in zip(rows, next_ids)]
+        outcomes += [(seq, self._accept(verified[0][seq.seq_id], drafts[seq.seq_id])) for seq in emitting
+                     if seq.seq_id in drafts]  # the accepted drafts, then the target's own token
         sync(self.model.device)
         self.clock.tick()
         end_s = self.clock.now()
         if self.on_step is not None:
             self.on_step(len(self.steps), self.cache, [s.seq_id for s in self.scheduler.running])
 
-        # postprocess: append, finish, free
-        finished = []
-        for (seq, _), token in zip(rows, next_ids):
-            seq.token_ids.append(token)
-            seq.token_times_s.append(end_s)
+        # postprocess: append, roll back rejected drafts, finish, free
+        finished, speculation = [], []
+        for seq, tokens in outcomes:
+            accepted, reason = len(tokens) - 1, None
+            for count, token in enumerate(tokens, 1):
+                seq.token_ids.append(token)
+                seq.token_times_s.append(end_s)
+                reason = ("eos" if token in self.stop_token_ids
+                          else "length" if seq.num_generated >= seq.max_new_tokens else None)
+                if reason is not None:
+                    del tokens[count:]  # drafts past a stop are not output
+                    break
             seq.prefilled = seq.status is Status.RUNNING
             if seq.first_token_s is None:
                 seq.first_token_s = end_s
-            reason = "eos" if token in self.stop_token_ids else "length" if seq.num_generated >= seq.max_new_tokens else None
+            if seq.seq_id in drafts:
+                speculation.append(self._roll_back(seq, drafts[seq.seq_id].tokens, accepted, tokens))
             if reason is not None:
                 seq.finish_reason, seq.finish_s = reason, end_s
                 if seq.status is Status.RUNNING:
@@ -176,13 +215,54 @@ class Engine:
                 else:  # a fork that found no room waits to recompute: it is done instead
                     self.scheduler.waiting.remove(seq)
                     seq.status = Status.FINISHED
+                if self.drafter is not None:
+                    self.drafter.forget(seq.seq_id)
                 finished.append(seq.seq_id)
+        for seq in batch.preempted if self.drafter is not None else ():
+            self.drafter.forget(seq.seq_id)
         wall_s = time.perf_counter() - wall_start
         self._wall_s += wall_s
         record = self._record(batch, decode, start_s, end_s, wall_s, finished, kv_bytes, weight_bytes, context_len,
-                              len(rows))
+                              sum(len(tokens) for _, tokens in outcomes), tuple(speculation))
         self.steps.append(record)
         return record
+
+    # --- speculative decoding (kvlab.spec) -----------------------------------------------------------------
+    def _propose(self, batch) -> dict:
+        """Drafts for the decoding sequences the scheduler gave lookahead slots (at most that many each)."""
+        if self.drafter is None or not batch.lookahead:
+            return {}
+        start = time.perf_counter()
+        wanted = [(s, batch.lookahead[s.seq_id]) for s, _ in batch.chunks if s.seq_id in batch.lookahead]
+        drafts = self.drafter.propose([(s.seq_id, s.token_ids, k) for s, k in wanted])
+        sync(self.model.device)
+        self.spec_stats.draft_s += time.perf_counter() - start
+        for seq, k in wanted:
+            assert len(drafts.get(seq.seq_id, Draft([], None)).tokens) <= k, "a drafter proposed too many tokens"
+        return drafts
+
+    def _verify(self, batch, drafts: dict) -> tuple[dict, int, int]:
+        if not drafts:
+            return {}, 0, 0
+        start = time.perf_counter()
+        rows = [(s, drafts[s.seq_id].tokens) for s, _ in batch.chunks if s.seq_id in drafts]
+        verified = verify_pass(self.model, self.cache, rows)
+        sync(self.model.device)
+        self.spec_stats.verify_s += time.perf_counter() - start
+        return verified
+
+    def _accept(self, target_logits, draft) -> list[int]:
+        if self.temperature == 0:
+            return accept_greedy(target_logits, draft.tokens)
+        p = sampling_probs(target_logits, self.temperature, self.top_p)  # [n + 1, vocab]
+        return accept_sampled(p, draft.probs, draft.tokens, self.generator)
+
+    def _roll_back(self, seq, drafted: list[int], accepted: int, emitted: list[int]) -> SpecRow:
+        """The cache keeps K/V of every token but the last (fed next step): the rejected drafts' slots go."""
+        released = self.cache.rollback(seq.seq_id, len(seq.token_ids) - 1)
+        row = SpecRow(seq.seq_id, tuple(drafted), accepted, tuple(emitted), released)
+        self.spec_stats.add(row)
+        return row
 
     def _fork_finished_prefills(self, emitting: list[Sequence], logits_by_seq) -> list[tuple[Sequence, torch.Tensor]]:
         """(sequence, logits) rows to sample, in running order; a parent whose prompt is now prefilled forks its
@@ -214,7 +294,7 @@ class Engine:
         return not self.cache.keeps_kv or self.cache.num_cached(seq.seq_id) == len(seq.token_ids)
 
     def _record(self, batch, decode, start_s, end_s, wall_s, finished, kv_bytes, weight_bytes, context_len,
-                tokens_out) -> StepRecord:
+                tokens_out, speculation=()) -> StepRecord:
         cache, sched = self.cache, self.scheduler
         free = cache.blocks_free()
         total = cache.allocator.num_blocks if free is not None else None
@@ -230,7 +310,8 @@ class Engine:
             swapped_out=tuple(c.seq_id for c in batch.choices if c.mode == "swap"),
             swapped_in=tuple(s.seq_id for s in batch.swapped_in),
             preemption_reasons=tuple(f"seq {c.seq_id}: {c.mode} — {c.reason}" for c in batch.choices),
-            tier_faults=tuple(batch.faults), tier_blocks_used=self.tier.num_used if self.tier is not None else None)
+            tier_faults=tuple(batch.faults), tier_blocks_used=self.tier.num_used if self.tier is not None else None,
+            speculation=speculation)
 
     def run(self, progress: bool = False) -> ServeResult:
         """Step until every request has finished (a progress bar over requests on request)."""
@@ -254,6 +335,8 @@ class Engine:
             self.scheduler.running.remove(seq)
             seq.status = Status.WAITING
             self.scheduler.waiting.appendleft(seq)
+        for seq in self.sequences if self.drafter is not None else ():
+            self.drafter.forget(seq.seq_id)
         for seq_id, swapped in list(self.scheduler.swapped.items()):  # their tier slots too: they will recompute
             self.tier.free(list(swapped.slots))
             del self.scheduler.swapped[seq_id]
@@ -274,4 +357,5 @@ class Engine:
                            max_num_seqs=self.max_num_seqs, max_num_batched_tokens=self.scheduler.max_num_batched_tokens,
                            num_blocks=getattr(getattr(cache, "allocator", None), "num_blocks", None),
                            block_size=getattr(cache, "block_size", None),
-                           clock="step" if isinstance(self.clock, StepClock) else "wall", wall_s=self._wall_s)
+                           clock="step" if isinstance(self.clock, StepClock) else "wall", wall_s=self._wall_s,
+                           speculation=self.spec_stats)

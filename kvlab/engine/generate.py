@@ -35,7 +35,8 @@ class _Limits:
 def generate(model, tokenizer, prompts, max_new_tokens: int = 64, cache: str | KVCache = "contiguous",
              temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None, chat: bool = False,
              stop_at_eos: bool = True, stop_token_ids: list[int] | None = None, progress: bool = False,
-             num_samples: int = 1, on_step=None, **cache_options) -> GenerationResult:
+             num_samples: int = 1, on_step=None, speculative=None, num_speculative_tokens: int = 4,
+             speculative_options: dict | None = None, **cache_options) -> GenerationResult:
     """Generate up to `max_new_tokens` for each prompt through the named cache layout.
 
     prompts: a string, a list of strings (a ragged batch), or token id lists. Greedy unless temperature > 0
@@ -49,6 +50,10 @@ def generate(model, tokenizer, prompts, max_new_tokens: int = 64, cache: str | K
     the whole batch preempts (recompute) rather than fails; one too small for a single sequence is refused.
     on_step(step_index, cache, running_seq_ids): called after every step, before finished sequences are freed —
     a figure can read the cache's public state there (block tables, pool occupancy).
+    speculative: "ngram" (prompt lookup) or "self" (some of the model's own layers as the draft): each step a
+    sequence gets up to num_speculative_tokens drafts, verified in one pass — greedy output is plain greedy's,
+    sampled output plain sampling's distribution (kvlab.spec). speculative_options: min_n, max_n (ngram),
+    draft_layers (self). result.stats.speculation: drafts proposed / accepted, α, tokens per pass.
     """
     positive_int("max_new_tokens", max_new_tokens)
     samples = positive_int("num_samples", num_samples)
@@ -64,7 +69,8 @@ def generate(model, tokenizer, prompts, max_new_tokens: int = 64, cache: str | K
     budget = sum((len(ids) + n) * samples for ids, n in zip(prompt_ids, new_tokens))  # never the limit here
     engine = Engine(model, tokenizer, kv, max_num_seqs=batch, max_num_batched_tokens=budget, policy="continuous",
                     temperature=temperature, top_p=top_p, seed=seed, stop_at_eos=stop_at_eos,
-                    stop_token_ids=stop_token_ids, clock=WallClock(), on_step=on_step)
+                    stop_token_ids=stop_token_ids, clock=WallClock(), on_step=on_step, speculative=speculative,
+                    num_speculative_tokens=num_speculative_tokens, speculative_options=speculative_options)
     for ids, n in zip(prompt_ids, new_tokens):
         engine.add_request(Request(ids, n), num_samples=samples)
     bar = progress_bar(max_new_tokens, progress, "generating", "step")
@@ -78,8 +84,10 @@ def generate(model, tokenizer, prompts, max_new_tokens: int = 64, cache: str | K
         if bar is not None:
             bar.close()
     result = engine.result()
+    stats = _stats(result, kv, model)
+    stats.speculation = result.speculation
     return GenerationResult([o.prompt_token_ids for o in result.outputs], result.token_ids, result.texts,
-                            result.finish_reasons, _stats(result, kv, model))
+                            result.finish_reasons, stats)
 
 
 def _stats(result, kv: KVCache, model) -> GenerationStats:

@@ -46,6 +46,7 @@ class StepRecord:
     preemption_reasons: tuple[str, ...] = ()  # per preempted sequence: swap or recompute, and why
     tier_faults: tuple[str, ...] = ()  # tier faults met (each recovered by recomputing the sequence)
     tier_blocks_used: int | None = None  # after the step; None without a tier
+    speculation: tuple = ()  # kvlab.spec.SpecRow per verified sequence: drafts, accepted, emitted, rolled back
 
     @property
     def prefill_tokens(self) -> int:
@@ -118,6 +119,7 @@ class ServeResult:
     clock: str
     wall_s: float  # host time of the whole run
     config: dict = field(default_factory=dict)
+    speculation: object = None  # kvlab.spec.SpecStats of a speculative run
 
     @property
     def token_ids(self) -> list[list[int]]:

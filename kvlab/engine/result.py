@@ -20,6 +20,7 @@ class GenerationStats:
     step_context_lens: list[int] = field(default_factory=list)  # longest sequence at each decode step
     weight_bytes_read_per_step: list[int] = field(default_factory=list)  # weights read by each decode step
     kv_bytes_read_per_step: list[int] = field(default_factory=list)  # K/V read by each decode step
+    speculation: object = None  # kvlab.spec.SpecStats when speculative decoding ran
 
     @property
     def decode_tokens_per_s(self) -> float:

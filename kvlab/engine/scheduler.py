@@ -42,15 +42,16 @@ class ScheduledBatch:
     staged: list = field(default_factory=list)  # swap victims' K/V, out of the pool, written to the tier in one put
     reserved: list = field(default_factory=list)  # SwappedOut of swapped_in, read back from the tier in one get
     lost: list[Sequence] = field(default_factory=list)  # resumed, but the tier lost their K/V: back to waiting
+    lookahead: dict[int, int] = field(default_factory=dict)  # seq_id → draft slots reserved (speculation)
 
     @property
     def num_tokens(self) -> int:
-        return sum(count for _, count in self.chunks)
+        return sum(count for _, count in self.chunks) + sum(self.lookahead.values())
 
 
 class Scheduler:
     def __init__(self, cache: KVCache, max_num_seqs: int, max_num_batched_tokens: int, policy: str = "continuous",
-                 preemption: str = "recompute", tier=None, costs=None):
+                 preemption: str = "recompute", tier=None, costs=None, lookahead: int = 0):
         if policy not in POLICIES:
             raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
         if preemption not in PREEMPTION_MODES:
@@ -63,6 +64,7 @@ class Scheduler:
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.policy = policy
+        self.lookahead = lookahead  # speculation: up to this many draft tokens per decoding sequence and step
         self.waiting: deque[Sequence] = deque()  # arrival order; preempted sequences go back to the front
         self.running: list[Sequence] = []  # admission order: the last one is preempted first
 
@@ -105,9 +107,12 @@ class Scheduler:
                 if victim is seq:
                     break
             else:
-                promised += self.cache.blocks_to_grow(seq.seq_id, count)
+                extra = self._lookahead(seq, count, budget - count, promised)
+                promised += self.cache.blocks_to_grow(seq.seq_id, count + extra)
                 batch.chunks.append((seq, count))
-                budget -= count
+                budget -= count + extra
+                if extra:
+                    batch.lookahead[seq.seq_id] = extra
         if batch.preempted or not admitting:
             self._write_swapped_out(batch)
             self._check(batch)
@@ -162,6 +167,16 @@ class Scheduler:
         if not self.cache.keeps_kv:
             return uncached if uncached <= budget else 0
         return min(uncached, budget)
+
+    def _lookahead(self, seq: Sequence, count: int, budget: int, promised: int) -> int:
+        """Draft slots for a decoding sequence: up to `lookahead`, within the token budget, what it may still
+        generate after this step's token, and the blocks left."""
+        if not (self.lookahead and seq.prefilled and count == 1):
+            return 0
+        extra = min(self.lookahead, budget, seq.max_new_tokens - seq.num_generated - 1)
+        while extra > 0 and self.cache.blocks_to_grow(seq.seq_id, count + extra) > self._blocks_free() - promised:
+            extra -= 1
+        return max(extra, 0)
 
     def _blocks_free(self) -> int:
         free = self.cache.blocks_free()

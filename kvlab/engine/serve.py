@@ -22,12 +22,15 @@ def build_engine(model, tokenizer, requests=(), cache: str | KVCache = "prefix",
                  max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS, policy: str = "continuous",
                  temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None, chat: bool = False,
                  stop_at_eos: bool = True, clock=None, on_step=None, preemption: str = "recompute", swap_tier=None,
-                 offload_costs=None, **cache_options) -> Engine:
+                 offload_costs=None, speculative=None, num_speculative_tokens: int = 4,
+                 speculative_options: dict | None = None, **cache_options) -> Engine:
     """An engine with `requests` queued (Request objects or dicts), every argument checked before anything is made.
 
     The cache is made for the requests: "contiguous" reserves max_num_seqs rows of the longest request, a paged
     layout gets `num_blocks` blocks (default: room for max_num_seqs of the longest request at once).
-    preemption: "recompute", "swap" (K/V to `swap_tier`, by default a tier as large as the pool: see Engine) or "auto"."""
+    preemption: "recompute", "swap" (K/V to `swap_tier`, by default a tier as large as the pool: see Engine) or "auto".
+    speculative: "ngram" | "self" — num_speculative_tokens drafts per decoding sequence and step, verified
+    together (kvlab.spec); speculative_options: min_n, max_n (ngram), draft_layers (self)."""
     requests = [Request.of(r, i) for i, r in enumerate(requests)]
     positive_int("max_num_seqs", max_num_seqs)
     cfg = model.config
@@ -49,7 +52,8 @@ def build_engine(model, tokenizer, requests=(), cache: str | KVCache = "prefix",
     engine = Engine(model, tokenizer, cache, max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
                     policy=policy, temperature=temperature, top_p=top_p, seed=seed, chat=False,
                     stop_at_eos=stop_at_eos, clock=clock, on_step=on_step, preemption=preemption, swap_tier=swap_tier,
-                    offload_costs=offload_costs)
+                    offload_costs=offload_costs, speculative=speculative, num_speculative_tokens=num_speculative_tokens,
+                    speculative_options=speculative_options)
     for prompt_ids, request in zip(ids, requests):
         engine.add_request(Request(prompt_ids, request.max_new_tokens, request.arrival_s))
     engine.chat = chat  # later add_request calls with text apply the template too
@@ -61,7 +65,8 @@ def serve(model, tokenizer, requests, cache: str | KVCache = "prefix", num_block
           max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS, policy: str = "continuous",
           temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None, chat: bool = False,
           stop_at_eos: bool = True, clock=None, progress: bool = False, on_step=None, preemption: str = "recompute",
-          swap_tier=None, offload_costs=None, **cache_options):
+          swap_tier=None, offload_costs=None, speculative=None, num_speculative_tokens: int = 4,
+          speculative_options: dict | None = None, **cache_options):
     """Run every request to completion → ServeResult (outputs in submission order, the step log, metrics)."""
     if not requests:
         raise ValueError("requests is empty")
@@ -69,7 +74,9 @@ def serve(model, tokenizer, requests, cache: str | KVCache = "prefix", num_block
                           max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens, policy=policy,
                           temperature=temperature, top_p=top_p, seed=seed, chat=chat, stop_at_eos=stop_at_eos,
                           clock=clock, on_step=on_step, preemption=preemption, swap_tier=swap_tier,
-                          offload_costs=offload_costs, **cache_options)
+                          offload_costs=offload_costs, speculative=speculative,
+                          num_speculative_tokens=num_speculative_tokens, speculative_options=speculative_options,
+                          **cache_options)
     try:
         return engine.run(progress=progress)
     finally:
