@@ -91,6 +91,18 @@ def test_prefix_cache_gives_hf_tokens_cold_and_warm_on_a_ragged_batch(model, tok
     assert warm.stats.cached_prompt_tokens == sum((len(tokenizer.encode(p)) - 1) // 4 * 4 for p in prompts)  # 52+4+16
 
 
+@pytest.mark.parametrize("cache, speculative, k", [("paged", "ngram", 4), ("prefix", "ngram", 2),
+                                                   ("contiguous", "ngram", 7), ("paged", "self", 3)])
+def test_speculative_decoding_gives_hf_greedy_tokens_on_a_ragged_batch(model, tokenizer, hf_greedy, cache,
+                                                                       speculative, k):
+    order = [2, 0, 1]
+    result = kvlab.generate(model, tokenizer, [PROMPTS[i] for i in order], max_new_tokens=NEW_TOKENS, cache=cache,
+                            speculative=speculative, num_speculative_tokens=k)
+    assert result.token_ids == [hf_greedy[i] for i in order]
+    stats = result.stats.speculation
+    assert stats.proposed > 0 and stats.passes > 0, stats.summary()
+
+
 def test_hf_left_padded_batch_agrees_with_kvlab_ragged_batch(model, tokenizer, hf_oracle):
     hf_model, _ = hf_oracle
     encoded = [tokenizer.encode(p) for p in PROMPTS]

@@ -19,6 +19,9 @@
   offload     K/V below the pool: tier GB/s (file in the page cache and flushed, host, pinned), swap vs recompute,
               prefix hits from the tier, recompute vs swap under memory pressure, what decode reads, beside
               CLAIMS.md 17 (JSON → benchmarks/results/)
+  spec        speculative decoding: the self-draft's layer sweep, speedup / α / tokens per pass per drafter and k on
+              grounded and open-ended prompts, the verify pass against k + 1, beside CLAIMS.md 22 (JSON →
+              benchmarks/results/)
 """
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m kvlab.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["decode", "versus-hf", "load", "copy", "gemv", "roofs", "roofline", "gqa", "prefix", "quant",
-                                            "serve", "offload"])
+                                            "serve", "offload", "spec"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--tokens", type=int, help="new tokens per generation (default: versus-hf 64, prefix 16)")
     parser.add_argument("--requests", type=int, default=16, help="prefix: chatbot requests (2 to 20)")
@@ -52,9 +55,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--windows", type=int, default=8, help="quant: perplexity windows of 256 tokens")
     parser.add_argument("--skip-accuracy", action="store_true", help="quant: kernel timings only")
     parser.add_argument("--small", action="store_true",
-                        help="serve, offload: the CPU sizes (a few minutes) on any device")
+                        help="serve, offload, spec: the CPU sizes (a few minutes) on any device")
     parser.add_argument("--no-save", action="store_true",
-                        help="decode, prefix, quant, versus-hf, roofline, gqa, serve, offload: print only, "
+                        help="decode, prefix, quant, versus-hf, roofline, gqa, serve, offload, spec: print only, "
                              "write no JSON")
     args = parser.parse_args(argv)
 
@@ -106,6 +109,17 @@ def main(argv: list[str] | None = None) -> None:
             print("saved", offload.save(report))
         if offload.failures(report):
             raise SystemExit(f"offload benchmark FAILED: {' and '.join(offload.failures(report))} (see above)")
+        return
+    if args.command == "spec":
+        from . import spec
+
+        model, tokenizer = kvlab.load_model(device=args.device)
+        report = spec.run(model, tokenizer, **(spec.CPU_SIZES if args.small else {}))
+        spec.print_report(report)
+        if not args.no_save:
+            print("saved", spec.save(report))
+        if spec.failures(report):
+            raise SystemExit(f"spec benchmark FAILED: {' and '.join(spec.failures(report))} (see above)")
         return
     if args.command == "quant":
         from . import quant_accuracy, quant_speed

@@ -13,7 +13,8 @@ from ..cache import blocks_for
 from .accept import accept_greedy, accept_sampled
 from .draft import Draft, SpecRow, SpecStats, expected_tokens_per_pass
 from .ngram import NgramDrafter, lookup
-from .self_draft import SelfDrafter, check_layers, draft_model, every_other_layer
+from .self_draft import (SelfDrafter, check_layers, default_draft_layers, draft_model, every_other_layer,
+                         layer_candidates)
 
 DRAFTERS = ("ngram", "self")
 
@@ -21,13 +22,14 @@ DRAFTERS = ("ngram", "self")
 def make_drafter(name, model, cache, k: int, temperature: float = 0.0, top_p: float = 1.0, generator=None,
                  min_n: int = 1, max_n: int = 3, draft_layers=None):
     """A drafter by name ("ngram" | "self"), or a drafter object passed through. The self-draft's pool has as many
-    blocks as the target's (a contiguous target: rows × max_len worth)."""
+    blocks as the target's (a contiguous target: rows × max_len worth); its layers by default: default_draft_layers
+    (the benchmark's sweep chose them)."""
     if not isinstance(name, str):
         return name
     if name == "ngram":
         return NgramDrafter(min_n, max_n)
     if name == "self":
-        layers = every_other_layer(model.config.num_layers) if draft_layers is None else draft_layers
+        layers = default_draft_layers(model.config.num_layers) if draft_layers is None else draft_layers
         block_size = getattr(cache, "block_size", 16)
         num_blocks = (cache.allocator.num_blocks if hasattr(cache, "allocator")
                       else cache.max_batch * blocks_for(cache.max_len, block_size))
@@ -37,4 +39,4 @@ def make_drafter(name, model, cache, k: int, temperature: float = 0.0, top_p: fl
 
 __all__ = ["DRAFTERS", "make_drafter", "NgramDrafter", "SelfDrafter", "Draft", "SpecRow", "SpecStats",
            "accept_greedy", "accept_sampled", "expected_tokens_per_pass", "lookup", "check_layers", "draft_model",
-           "every_other_layer"]
+           "every_other_layer", "default_draft_layers", "layer_candidates"]

@@ -42,6 +42,29 @@ def every_other_layer(num_layers: int) -> tuple[int, ...]:
     return tuple(range(0, num_layers, 2))
 
 
+def skip_middle_fifth(num_layers: int) -> tuple[int, ...]:
+    """Every layer but a fifth of them just past the middle (SmolLM2: 24 of 30, skipping 12–17)."""
+    start, count = num_layers // 2 - num_layers // 10, num_layers // 5
+    return tuple(i for i in range(num_layers) if not start <= i < start + count)
+
+
+def layer_candidates(num_layers: int) -> dict[str, tuple[int, ...]]:
+    """The self-draft subsets the benchmark's sweep measures α over, by name."""
+    third, start, count = num_layers // 3, num_layers // 2 - num_layers // 10, num_layers // 5
+    return {
+        "every other layer": every_other_layer(num_layers),
+        f"first {num_layers - third}": tuple(range(num_layers - third)),
+        f"skip the middle {third}": tuple(range(third)) + tuple(range(2 * third, num_layers)),
+        "drop every third": tuple(i for i in range(num_layers) if i % 3 != 1),
+        f"skip {count} after the first {start}": skip_middle_fifth(num_layers),
+    }
+
+
+# the sweep's choice on SmolLM2 (benchmarks/results/spec_cpu-x86-64-2-threads.json): α 0.22 at k = 4, where every
+# other layer, the first 20, or the middle third skipped drafted almost nothing the target accepted (α ≤ 0.04)
+default_draft_layers = skip_middle_fifth
+
+
 class SelfDrafter:
     name = "self"
 
