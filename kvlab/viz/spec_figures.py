@@ -35,33 +35,36 @@ def verifications(steps, seq_id: int | None = None, upto_step: int | None = None
 
 
 def drafts_figure(steps, tokenizer=None, seq_id: int = 0, upto_step: int | None = None, last: int = 12) -> go.Figure:
-    """The last `last` verifications of `seq_id`: each draft accepted (green) or rejected (red), then the target's
-    own token (blue)."""
+    """The last `last` verifications of `seq_id`, one row each: its drafts in order, accepted (green) or rejected
+    (red), and in the last column the target's own token (blue) — the correction that replaced the first rejected
+    draft, or the bonus after the last accepted one."""
     rows = verifications(steps, seq_id, upto_step)[-last:]
-    fig = go.Figure()
+    width = max((len(row.drafted) for _, row in rows), default=1)
+    labels = [f"step {step}" for step, _ in rows]
     cells = {"accepted draft": ([], [], [], ACCEPTED), "rejected draft": ([], [], [], REJECTED),
              "the target's own token": ([], [], [], TARGET)}
-    for y, (step, row) in enumerate(rows):
-        label = f"step {step}"
+    for label, (_, row) in zip(labels, rows):
         for x, token in enumerate(row.drafted):
             kind = "accepted draft" if x < row.accepted else "rejected draft"
-            cells[kind][0].append(x)
-            cells[kind][1].append(label)
-            cells[kind][2].append(_token_text(tokenizer, token))
+            for values, value in zip(cells[kind][:3], (x + 1, label, _token_text(tokenizer, token))):
+                values.append(value)
         if len(row.emitted) > row.accepted:  # not cut by a stop
-            cells["the target's own token"][0].append(row.accepted + 0.5 if row.accepted < len(row.drafted)
-                                                      else len(row.drafted))
-            cells["the target's own token"][1].append(label)
-            cells["the target's own token"][2].append(_token_text(tokenizer, row.emitted[row.accepted]))
+            own = cells["the target's own token"]
+            for values, value in zip(own[:3], (width + 1.5, label, _token_text(tokenizer, row.emitted[row.accepted]))):
+                values.append(value)
+    fig = go.Figure()
     for name, (xs, ys, texts, colour) in cells.items():
-        fig.add_scatter(x=xs, y=ys, text=texts, mode="markers+text", name=name, textposition="middle center",
-                        marker=dict(symbol="square", size=34, color=colour, opacity=0.85),
-                        textfont=dict(color="white", size=10), hovertemplate=f"%{{y}}: %{{text}} ({name})<extra></extra>")
-    fig.update_yaxes(autorange="reversed", type="category", title=None)
-    fig.update_xaxes(title="draft position (the target's token sits where it replaced a draft, or after the last)",
-                     dtick=1, rangemode="tozero")
-    fig.update_layout(template="plotly_white", height=max(260, 34 * len(rows) + 120), margin=dict(t=50, l=70, r=20, b=50),
-                      title=f"Sequence {seq_id}: what each verification kept", legend=dict(orientation="h", y=-0.25))
+        fig.add_scatter(x=xs, y=ys, text=[t[:7] for t in texts], customdata=texts, mode="markers+text", name=name,
+                        marker=dict(symbol="square", size=30, color=colour), textposition="middle center",
+                        textfont=dict(color="white", size=9),
+                        hovertemplate=f"%{{y}}: %{{customdata}} ({name})<extra></extra>")
+    fig.update_yaxes(type="category", categoryorder="array", categoryarray=labels, autorange="reversed")
+    fig.update_xaxes(tickvals=list(range(1, width + 1)) + [width + 1.5],
+                     ticktext=[f"draft {i}" for i in range(1, width + 1)] + ["target's token"],
+                     range=[0.4, width + 2.1])
+    fig.update_layout(template="plotly_white", height=40 * len(rows) + 150, margin=dict(t=50, l=70, r=20, b=40),
+                      title=f"Sequence {seq_id}: what each verification kept", legend=dict(orientation="h", y=-0.1,
+                                                                                          yanchor="top"))
     return fig
 
 
@@ -93,14 +96,19 @@ def running_acceptance(steps, upto_step: int | None = None) -> dict:
                 tokens_per_pass=sum(len(r.emitted) for r in rows) / len(rows) if rows else float("nan"))
 
 
+def _none(value: float):
+    """NaN (nothing verified yet) → None: a gap in the line, and JSON a widget can send."""
+    return None if value != value else value
+
+
 def running_acceptance_figure(steps, k: int, upto_step: int | None = None) -> go.Figure:
     index = [s.index for s in steps if upto_step is None or s.index <= upto_step]
     so_far = [running_acceptance(steps, i) for i in index]
     fig = make_subplots(rows=1, cols=2, subplot_titles=("α so far (drafts accepted ÷ proposed)",
                                                         "tokens per target pass so far"))
-    fig.add_scatter(x=index, y=[r["alpha"] for r in so_far], mode="lines", line_color=ACCEPTED, name="α",
+    fig.add_scatter(x=index, y=[_none(r["alpha"]) for r in so_far], mode="lines", line_color=ACCEPTED, name="α",
                     row=1, col=1)
-    fig.add_scatter(x=index, y=[r["tokens_per_pass"] for r in so_far], mode="lines", line_color=TARGET,
+    fig.add_scatter(x=index, y=[_none(r["tokens_per_pass"]) for r in so_far], mode="lines", line_color=TARGET,
                     name="measured", row=1, col=2)
     fig.add_scatter(x=index, y=[expected_tokens_per_pass(r["alpha"], k) if r["proposed"] else None for r in so_far],
                     mode="lines", line=dict(color="black", dash="dot"), name="(1 − α^(k+1)) / (1 − α)", row=1, col=2)
