@@ -31,7 +31,7 @@ from .roofs import device_label
 from .serve import _clean
 from .spec_report import CLAIM, claims, failures, print_report  # noqa: F401 (re-exported: this module's API)
 
-CPU_SIZES = dict(new_tokens=48, ks=(1, 2, 4, 8), sweep_k=4, sweep_tokens=32, context=256,
+CPU_SIZES = dict(new_tokens=48, ks=(1, 2, 3, 4, 5, 6, 7, 8), sweep_k=4, sweep_tokens=32, context=256,
                  widths=(1, 2, 3, 5, 9, 17, 33, 65), repeats=2)
 GPU_SIZES = dict(new_tokens=128, ks=(1, 2, 3, 4, 5, 6, 7, 8), sweep_k=4, sweep_tokens=64, context=4096,
                  widths=(1, 2, 3, 5, 9, 17, 33, 65, 129, 257), repeats=3)
