@@ -35,7 +35,7 @@ from ..engine import Engine, Request, serve
 from ..engine.offload import measure_tier_bandwidth
 from ..engine.runner import forward_pass, sync
 from .offload_report import CLAIM, claims, failures, print_report  # noqa: F401 (re-exported: this module's API)
-from .results import RESULTS, save_result
+from .results import RESULTS, merge_sizes, save_result
 from .roofs import device_label, measure_copy_bandwidth
 from .serve import _clean, _cpu_seconds
 from .timers import median_seconds
@@ -362,10 +362,7 @@ def premise_check(model, tokenizer, context: int, block_size: int = 16, repeats:
 def run(model, tokenizer, progress: bool = True, **sizes) -> dict:
     """Every part of the module docstring at `sizes` (default_sizes(model.device), overridden by keyword)."""
     start, load_before = time.perf_counter(), os.getloadavg()[0]
-    sizes = default_sizes(model.device) | sizes
-    unknown = sorted(set(sizes) - set(CPU_SIZES))
-    if unknown:
-        raise ValueError(f"unknown sizes {unknown}; the sizes are {', '.join(CPU_SIZES)}")
+    sizes = merge_sizes(default_sizes(model.device), sizes)
     say = print if progress else (lambda *a, **k: None)
     repeats, block_size = sizes["repeats"], 16
     block_bytes = _paged(model, 1, block_size).block_bytes()

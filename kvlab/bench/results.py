@@ -26,3 +26,11 @@ def recorded_gpu_runs(kind: str, folder: str | pathlib.Path = RESULTS) -> list[d
     "recorded on <device>, <date>" panel shows beside its live CPU numbers."""
     reports = [json.loads(p.read_text()) for p in sorted(pathlib.Path(folder).glob(f"{kind}_*.json"))]
     return [r for r in reports if not r["device"].startswith("CPU")]
+
+
+def merge_sizes(defaults: dict, overrides: dict) -> dict:
+    """A benchmark's sizes: its defaults for the device, overridden by keyword — a name it does not have is refused."""
+    unknown = sorted(set(overrides) - set(defaults))
+    if unknown:
+        raise ValueError(f"unknown sizes {unknown}; the sizes are {', '.join(defaults)}")
+    return defaults | overrides

@@ -27,7 +27,7 @@ import torch
 
 from .. import traces
 from ..engine import generate, percentile, serve
-from .results import RESULTS, save_result
+from .results import RESULTS, merge_sizes, save_result
 from .roofs import device_label
 
 CPU_SIZES = dict(num_requests=20, max_num_seqs=8, prompt_mean=64, output_mean=64, max_prompt=256, max_output=256,
@@ -316,10 +316,7 @@ def run(model, tokenizer, seed: int = 0, rates=None, progress: bool = True, make
     rates: request rates for the sweep (default: load_fractions × the measured capacity). make_clock: None, the
     wall clock (the benchmark), or a factory of the engine's clock for parts 2–4 (a test's StepClock)."""
     start, load_before = time.perf_counter(), os.getloadavg()[0]
-    sizes = default_sizes(model.device) | sizes
-    unknown = sorted(set(sizes) - set(CPU_SIZES))
-    if unknown:
-        raise ValueError(f"unknown sizes {unknown}; the sizes are {', '.join(CPU_SIZES)}")
+    sizes = merge_sizes(default_sizes(model.device), sizes)
     say = print if progress else (lambda *a, **k: None)
     trace = dict(num_requests=sizes["num_requests"], seed=seed, prompt_mean=sizes["prompt_mean"],
                  output_mean=sizes["output_mean"], max_prompt=sizes["max_prompt"], max_output=sizes["max_output"])

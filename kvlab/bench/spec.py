@@ -26,7 +26,7 @@ from ..engine.generate import generate
 from ..engine.runner import forward_pass, sync
 from ..spec import draft_model, expected_tokens_per_pass, layer_candidates
 from ..spec.prompts import spec_prompts
-from .results import RESULTS, save_result
+from .results import RESULTS, merge_sizes, save_result
 from .roofs import device_label
 from .serve import _clean
 from .spec_report import CLAIM, claims, failures, print_report  # noqa: F401 (re-exported: this module's API)
@@ -132,10 +132,7 @@ def verify_cost(model, tokenizer, context: int, widths, repeats: int = 5) -> dic
 
 def run(model, tokenizer, progress: bool = True, **sizes) -> dict:
     start, load_before = time.perf_counter(), os.getloadavg()[0]
-    sizes = default_sizes(model.device) | sizes
-    unknown = sorted(set(sizes) - set(CPU_SIZES))
-    if unknown:
-        raise ValueError(f"unknown sizes {unknown}; the sizes are {', '.join(CPU_SIZES)}")
+    sizes = merge_sizes(default_sizes(model.device), sizes)
     say = print if progress else (lambda *a, **k: None)
     prompts = spec_prompts(tokenizer)
     report = {"device": device_label(model.device), "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
