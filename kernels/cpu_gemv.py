@@ -12,9 +12,11 @@ cpu_gemv_blocks is the same product reading W as the GGUF file stores it (cpu_ge
 (0.625 B a weight) or Q8_0 (1.0625 B), rebuilt to the exact float32 weights in registers. It reads 5.6× fewer
 bytes than float32 for SmolLM2; on 2 cores it is then limited by the unpacking, not by the memory.
 
-It is compiled on first use with torch.utils.cpp_extension (a C++ compiler and ninja; ~30 s once, then
-cached under TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions). Where it cannot be built, `load_gemv`
-warns once and returns None, and callers fall back to F.linear. KVLAB_CPU_GEMV=0 switches it off.
+It is compiled with torch.utils.cpp_extension (a C++ compiler and ninja; about a minute on 2 cores (56 s measured), once, then cached
+under TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions): by `make install` (build_for_install),
+or else on first use. Whenever it compiles it says so first and prints the time after; loading a build already
+cached prints nothing. Where it cannot be built, `load_gemv` warns once and returns None, and callers fall back
+to F.linear. KVLAB_CPU_GEMV=0 switches it off.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import hashlib
 import os
 import pathlib
 import platform
+import time
 import warnings
 
 import torch
@@ -59,15 +62,45 @@ def _build_name(flags: list[str]) -> str:
     return f"kvlab_cpu_gemv_{hashlib.sha1(key).hexdigest()[:10]}"
 
 
+BUILDING = "building kvlab's C++ CPU kernel (about a minute on 2 cores, once)…"
+
+
+def built_library(name: str) -> pathlib.Path:
+    """Where torch.utils.cpp_extension keeps the compiled extension `name`."""
+    from torch.utils import cpp_extension
+
+    return pathlib.Path(cpp_extension._get_build_directory(name, verbose=False)) / f"{name}.so"
+
+
+def needs_compiling(name: str) -> bool:
+    """No build of `name` yet, or one older than a source (ninja would compile again)."""
+    library = built_library(name)
+    return not library.is_file() or library.stat().st_mtime < max(s.stat().st_mtime for s in SOURCES)
+
+
 def build_gemv(extra_flags: tuple[str, ...] = ()):
-    """Compile (or reuse) the extension with COMPILE_FLAGS + extra_flags. The tests build it with
+    """Compile (or reuse) the extension with COMPILE_FLAGS + extra_flags; a compile is announced before and
+    timed after, on stdout (a notebook shows it as the cell's output). The tests build it with
     ("-mno-avx512f",) and ("-mno-avx2", ...) too, so the AVX2 and the plain C++ paths are checked on a CPU that
     has AVX-512."""
     from torch.utils import cpp_extension
 
     flags = COMPILE_FLAGS + list(extra_flags)
-    return cpp_extension.load(_build_name(flags), [str(s) for s in SOURCES], extra_cflags=flags,
-                              extra_ldflags=LINK_FLAGS, verbose=False)
+    name = _build_name(flags)
+    compiling = needs_compiling(name)
+    if compiling:
+        print(BUILDING, end=" ", flush=True)
+    started = time.perf_counter()
+    try:
+        module = cpp_extension.load(name, [str(s) for s in SOURCES], extra_cflags=flags,
+                                    extra_ldflags=LINK_FLAGS, verbose=False)
+    except BaseException:
+        if compiling:
+            print("failed", flush=True)
+        raise
+    if compiling:
+        print(f"built in {time.perf_counter() - started:.0f} s", flush=True)
+    return module
 
 
 def load_gemv():
@@ -152,3 +185,13 @@ def cpu_gemv_blocks(x: torch.Tensor, blocks: torch.Tensor, block_format: str) ->
     """x [M, K] float32 @ Wᵀ → [M, N], W given as blocks uint8 [N, K/32 · block bytes], through the compiled kernel."""
     block_row_bytes(block_format, x.shape[-1])  # names a bad format or K
     return blocks_gemv(block_format)(x.contiguous(), blocks.contiguous())
+
+
+def build_for_install() -> None:
+    """`make install`'s step: build the kernel now, once and visibly, so that no notebook or test waits for it."""
+    if os.environ.get("KVLAB_CPU_GEMV", "1") == "0":
+        print("kvlab's C++ CPU kernel: switched off (KVLAB_CPU_GEMV=0)")
+    elif not needs_compiling(_build_name(COMPILE_FLAGS)):
+        print(f"kvlab's C++ CPU kernel: already built ({built_library(_build_name(COMPILE_FLAGS))})")
+    elif load_gemv() is None:
+        print("kvlab's C++ CPU kernel: not built (see the warning above); kvlab runs without it, slower")

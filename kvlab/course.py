@@ -51,7 +51,7 @@ NOTEBOOKS: tuple[Notebook, ...] = (
     Notebook("06_decode_is_bandwidth_bound.ipynb", "Decode is bandwidth-bound",
              "Why is one generated token so expensive when it is a thousand times less arithmetic than prefill?",
              "the roofline of this device: copy bandwidth, matmul FLOP/s, prefill vs decode per token",
-             (4, 5, 21)),
+             (4, 5, 18, 21, 23)),
     Notebook("07_gqa.ipynb", "MHA, GQA, MQA",
              "What do fewer KV heads buy, and does decode time follow the bytes?",
              "K/V bytes and decode time with 1, 3 and 9 KV heads over the same model", (10,)),

@@ -304,7 +304,16 @@ def lab_serving(notebooks: pathlib.Path, notebook: pathlib.Path, home: pathlib.P
     root = home / "notebooks"
     shutil.copytree(notebooks, root, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
     clean_copy(notebook, root / notebook.name, code_cells)
-    server = JupyterLab(root, home)
+    # The test's copy (outputs cleared, cells cut) is not its jupytext source any more: without the source, jupytext
+    # opens the notebook as it is instead of refusing a notebook newer than, and different from, its source.
+    (root / "src" / f"{notebook.stem}.py").unlink(missing_ok=True)
+    with serving(JupyterLab(root, home), server_log) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def serving(server: JupyterLab, server_log: pathlib.Path):
+    """`server` started; afterwards stopped, its log copied to `server_log`, and nothing it started left running."""
     try:
         server.start()
         yield server
@@ -313,7 +322,7 @@ def lab_serving(notebooks: pathlib.Path, notebook: pathlib.Path, home: pathlib.P
         if server.log_path.exists():
             server_log.parent.mkdir(exist_ok=True)
             shutil.copyfile(server.log_path, server_log)
-        leftovers = processes_mentioning(str(home))
+        leftovers = processes_mentioning(str(server.home))
         for proc in leftovers:
             proc.kill()
         assert not leftovers, f"processes left running after teardown: {[p.info['cmdline'] for p in leftovers]}"

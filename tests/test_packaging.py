@@ -52,3 +52,11 @@ def test_committed_notebooks_carry_no_widget_state_and_stay_small():
         notebook = json.loads(path.read_text())
         assert "widgets" not in notebook["metadata"], f"{path.name}: run tools/strip_widget_state.py"
         assert path.stat().st_size < 3 * 2**20, f"{path.name} is {path.stat().st_size:,} bytes"
+
+
+def test_every_kvlab_subpackage_and_its_data_ship_in_the_wheel():
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    on_disk = {"kvlab." + ".".join(p.parent.relative_to(ROOT / "kvlab").parts)
+               for p in (ROOT / "kvlab").rglob("__init__.py") if p.parent != ROOT / "kvlab"}
+    assert on_disk - set(setuptools["packages"]) == set(), "add these to [tool.setuptools] packages"
+    assert "CLAIMS.md" in setuptools["package-data"]["kvlab.claims"]  # the ledger reads it at run time

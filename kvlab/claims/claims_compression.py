@@ -80,6 +80,8 @@ def weight_quantization(lab: Lab):
     facts = dict(memory_ratio=memory, latency_ratio=latency, mixed_speed=mixed)
     if 1.5 <= latency <= 3 and mixed >= 1.8:
         return holds(evidence, **facts)
-    return holds_only_when("the device has fast low-precision arithmetic (GPU tensor cores): the bytes follow, "
-                           f"the time {'does' if latency >= 1.5 else 'only partly'} and bf16 "
-                           f"{'does' if mixed >= 1.8 else 'does not'} run faster here", evidence, **facts)
+    time_part = (f"decode time follows the bytes ({ratio_text(latency)} faster)" if latency >= 1.5
+                 else f"decode time follows them only in part ({ratio_text(latency)})")
+    mixed_part = "bf16 arithmetic is faster" if mixed >= 1.8 else f"bf16 arithmetic runs at {mixed:.2f}× float32's speed"
+    return holds_only_when(f"the device has fast low-precision arithmetic (GPU tensor cores): memory shrinks "
+                           f"{ratio_text(memory)}, {time_part}, but here {mixed_part}", evidence, **facts)

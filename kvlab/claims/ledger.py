@@ -136,3 +136,24 @@ def run_ledger(lab: Lab, numbers=None, progress: bool = True) -> list[Finding]:
 @functools.cache
 def _load_measurements() -> None:
     from . import claims_cache, claims_memory, claims_paging, claims_compression, claims_serving  # noqa: F401 (register)
+
+
+# The benchmark (python -m kvlab.bench <kind>) whose GPU run, where one is recorded in benchmarks/results/, shows
+# the claim at GPU sizes: what a CPU cannot measure (tensor cores, HBM bandwidth, a step that costs the same at any
+# batch) is read from there, labelled as recorded.
+GPU_BENCHMARKS = {1: "decode", 4: "roofline", 5: "roofline", 10: "gqa", 11: "decode", 12: "decode", 14: "prefix",
+                  16: "quant", 17: "offload", 18: "quant", 19: "serve", 20: "serve", 21: "serve", 22: "spec",
+                  23: "roofline", 24: "serve"}
+
+
+def recorded_on_gpu(number: int, folder=None) -> str:
+    """One line on the GPU result recorded for claim `number`: device and date of each run, or how to record one."""
+    from kvlab.bench.results import RESULTS, recorded_gpu_runs
+
+    kind = GPU_BENCHMARKS.get(number)
+    if kind is None:
+        return "— (shape arithmetic: the same on every device)"
+    runs = recorded_gpu_runs(kind, folder or RESULTS)
+    if not runs:
+        return f"none yet: python -m kvlab.bench {kind} on a GPU records it"
+    return "; ".join(f"{run['device']}, {run.get('date', '?')}: benchmarks/results/{kind}_*.json" for run in runs)

@@ -3,6 +3,7 @@ mechanism (model, caches, engine) imports this package."""
 from .banner import mode_banner
 from .block_table_widget import BlockTableLab, block_table_lab
 from .figures import kv_memory_figure, presets_figure, speedup_figure, step_time_figure
+from .first_view import show_with_first_view
 from .fragmentation_figures import (block_size_sweep_figure, concurrency_figure, memory_over_time_figure,
                                     waste_breakdown_figure)
 from .fragmentation_widget import fragmentation_lab, fragmentation_lab_figure
@@ -27,4 +28,4 @@ __all__ = ["mode_banner", "kv_memory_figure", "presets_figure", "speedup_figure"
            "error_heatmaps", "memory_figure", "accuracy_figure", "channel_absmax_figure", "QuantizationLab",
            "quantization_lab", "gantt_figure", "batch_composition_figure", "step_composition_figure",
            "slot_occupancy_figure", "running_metrics", "running_metrics_figure", "latency_throughput_figure",
-           "step_cost_figure", "pool_snapshot", "ServingLab"]
+           "step_cost_figure", "pool_snapshot", "ServingLab", "show_with_first_view"]
