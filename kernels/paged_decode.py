@@ -46,6 +46,7 @@ def _paged_decode_kernel(
     stride_tb,  # block_tables [B, max_blocks]
     stride_ob, stride_oh, stride_os,  # out [B, Hq, D] or, split, partial out [B, Hq, splits, D] fp32
     stride_lb, stride_lh,  # split only: lse [B, Hq, splits] fp32 (log2 domain)
+    CONTEXT_BUCKET,  # context_bucket(longest context): unused by the code, read by the autotune key
     GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, LOG2_BLOCK_SIZE: tl.constexpr,
     NUM_SPLITS: tl.constexpr, CAST_TO_FP32: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -129,17 +130,21 @@ def _combine_splits_kernel(
 
 
 _decode_launcher = Launcher(_paged_decode_kernel, AUTOTUNE_CONFIGS,
-                            key=["HEAD_DIM", "LOG2_BLOCK_SIZE", "BLOCK_G", "NUM_SPLITS"])
+                            key=["HEAD_DIM", "LOG2_BLOCK_SIZE", "BLOCK_G", "NUM_SPLITS", "CONTEXT_BUCKET"])
+
+
+TARGET_WAVES = 4  # programs per SM the split count aims for: one program per SM cannot keep its loads in flight
 
 
 def choose_num_splits(batch: int, num_kv_heads: int, max_context: int, device: torch.device | str, *,
                       num_sms: int | None = None) -> int:
-    """Splits of the context per (sequence, KV head) so that the decode grid fills the GPU.
+    """Splits of the context per (sequence, KV head) so that the decode grid fills the GPU several times over.
 
-    1 on a CPU / under the interpreter, and when batch × num_kv_heads programs already cover every SM;
-    otherwise enough splits to give each SM a program, but no split shorter than MIN_TOKENS_PER_SPLIT, rounded
-    down to a power of two (each value compiles and autotunes its own kernel: a growing context must not
-    trigger a new compile every 256 tokens).
+    1 on a CPU / under the interpreter, and when batch × num_kv_heads programs already make TARGET_WAVES waves;
+    otherwise enough splits for TARGET_WAVES programs per SM (one program per SM is too few to saturate the
+    memory bandwidth: a program waits on its own loads), but no split shorter than MIN_TOKENS_PER_SPLIT and at
+    most MAX_SPLITS. The count is a power of two (each value compiles and autotunes its own kernel: a growing
+    context must not trigger a new compile every 256 tokens): the fill target rounded up, the length limit down.
     `num_sms` overrides the device's SM count (for tests and what-ifs).
     """
     if num_sms is None:
@@ -148,12 +153,18 @@ def choose_num_splits(batch: int, num_kv_heads: int, max_context: int, device: t
             return 1
         num_sms = torch.cuda.get_device_properties(device).multi_processor_count
     programs = batch * num_kv_heads
-    if programs >= num_sms:
+    wanted = TARGET_WAVES * num_sms
+    if programs >= wanted:
         return 1
-    to_fill = -(-num_sms // programs)
+    to_fill = next_power_of_2(-(-wanted // programs))
     longest = max(1, max_context // MIN_TOKENS_PER_SPLIT)
-    splits = max(1, min(to_fill, longest, MAX_SPLITS))
-    return 1 << (splits.bit_length() - 1)  # a power of two: NUM_SPLITS is a compile-time constant, so few variants
+    return min(to_fill, 1 << (longest.bit_length() - 1), MAX_SPLITS)
+
+
+def context_bucket(max_context: int) -> int:
+    """The autotune key's context: the next power of two, so a decode kernel is tuned again as its context grows
+    past each doubling (the best tile and stage count at 1K tokens is not the best at 128K), not once for all."""
+    return next_power_of_2(max(1, int(max_context)))
 
 
 def paged_decode_attention(query: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor,
@@ -192,6 +203,7 @@ def paged_decode_attention(query: torch.Tensor, k_pool: torch.Tensor, v_pool: to
             block_tables.stride(0),
             *target_strides,
             lse.stride(0), lse.stride(1),
+            context_bucket(max_context),
             GROUP=group, BLOCK_G=max(16, next_power_of_2(group)), HEAD_DIM=head_dim,
             LOG2_BLOCK_SIZE=pools.log2_block_size, NUM_SPLITS=num_splits,
             **dot_flags(query.dtype, query.device), **config,

@@ -30,7 +30,8 @@ import triton.language as tl
 from kvlab.cache.quantization import QuantScheme, dequantize_tokens, unpack_codes
 
 from ._common import Launcher, device_guard, dot_flags, jit_pair, next_power_of_2
-from .paged_decode import AUTOTUNE_CONFIGS, INTERPRETER_BLOCK_N, choose_num_splits, combine_splits, split_scratch
+from .paged_decode import (AUTOTUNE_CONFIGS, INTERPRETER_BLOCK_N, choose_num_splits, combine_splits, context_bucket,
+                           split_scratch)
 from .quant_store import kind_of
 
 
@@ -47,6 +48,7 @@ def _quant_decode_kernel(
     stride_tb,  # block_tables [B, max_blocks]
     stride_or, stride_oh, stride_os,  # out [R, Hq, D] or, split, partial out [R, Hq, splits, D] fp32
     stride_lr, stride_lh,  # split only: lse [R, Hq, splits] fp32
+    CONTEXT_BUCKET,  # context_bucket(the table's capacity): unused by the code, read by the autotune key
     GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, LOG2_BLOCK_SIZE: tl.constexpr,
     NUM_SPLITS: tl.constexpr, BITS: tl.constexpr, KIND: tl.constexpr,
     K_SCALE_GROUP: tl.constexpr, V_SCALE_GROUP: tl.constexpr, K_PACK_GROUP: tl.constexpr, V_PACK_GROUP: tl.constexpr,
@@ -168,7 +170,8 @@ def _quant_decode_kernel(
 
 
 _launcher = Launcher(_quant_decode_kernel, AUTOTUNE_CONFIGS,
-                     key=["HEAD_DIM", "LOG2_BLOCK_SIZE", "BLOCK_G", "NUM_SPLITS", "BITS", "KIND", "HAS_RECENT"])
+                     key=["HEAD_DIM", "LOG2_BLOCK_SIZE", "BLOCK_G", "NUM_SPLITS", "BITS", "KIND", "HAS_RECENT",
+                          "CONTEXT_BUCKET"])
 
 
 def _check_rows(scheme: QuantScheme, rows_q: torch.Tensor, pool, block_tables: torch.Tensor, rows: list[torch.Tensor]):
@@ -230,6 +233,7 @@ def quant_decode_attention(scheme: QuantScheme, rows_q: torch.Tensor, pool, bloc
             block_tables.stride(0),
             *target_strides,
             lse.stride(0), lse.stride(1),
+            context_bucket(block_tables.shape[1] * block_size),
             GROUP=group, BLOCK_G=max(16, next_power_of_2(group)), HEAD_DIM=head_dim,
             LOG2_BLOCK_SIZE=block_size.bit_length() - 1, NUM_SPLITS=num_splits, BITS=scheme.bits,
             KIND=kind_of(scheme), K_SCALE_GROUP=1 if scheme.keys_per_channel else scheme.group_size,

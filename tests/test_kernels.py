@@ -15,6 +15,7 @@ from kvlab.cache.attention import attend_reference
 from kvlab.kernels import (choose_num_splits, decode_bytes, paged_decode_attention, paged_decode_reference,
                            paged_prefill_attention, paged_prefill_reference, store_bytes, store_kv,
                            store_kv_reference)
+from kvlab.kernels.paged_decode import MAX_SPLITS, MIN_TOKENS_PER_SPLIT, TARGET_WAVES
 
 CPU_NEEDS_INTERPRETER = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
 DEVICES = [
@@ -206,14 +207,38 @@ def test_paged_decode_honours_scale_strided_query_and_check_false(device):
     assert_close(paged_decode_attention(query, k_pool, v_pool, table, lens, scale=0.3, check=False), expected)
 
 
-def test_choose_num_splits_fills_the_device_without_short_splits():
+def test_choose_num_splits_fills_the_device_several_times_without_short_splits():
     assert choose_num_splits(1, 8, 32768, "cpu") == 1  # CPU / interpreter: never split unless forced
-    assert choose_num_splits(32, 8, 32768, "cuda", num_sms=132) == 1  # 256 programs already fill 132 SMs
-    assert choose_num_splits(1, 8, 32768, "cuda", num_sms=132) == 16  # 17 to fill 132 SMs, rounded to a power of 2
+    assert choose_num_splits(128, 8, 32768, "cuda", num_sms=132) == 1  # 1,024 programs: more than 4 waves already
+    assert choose_num_splits(64, 8, 32768, "cuda", num_sms=132) == 2  # 512: just short of 4 × 132 = 528
+    assert choose_num_splits(32, 8, 32768, "cuda", num_sms=132) == 4  # 256 programs: ×3 for 4 waves, rounded up to 4
+    assert choose_num_splits(1, 8, 32768, "cuda", num_sms=132) == 128  # 66 to make 4 waves → 128, 256 tokens each
     assert choose_num_splits(1, 8, 1024, "cuda", num_sms=132) == 4  # no split under 256 tokens
-    assert choose_num_splits(1, 8, 1500, "cuda", num_sms=132) == 4  # 5 → 4
+    assert choose_num_splits(1, 8, 1500, "cuda", num_sms=132) == 4  # 5 splits' worth of tokens → 4
     assert choose_num_splits(1, 8, 300, "cuda", num_sms=132) == 1
     assert choose_num_splits(1, 1, 10**6, "cuda", num_sms=132) == 128  # capped
+
+
+@pytest.mark.parametrize("batch", [1, 2, 4, 8, 16, 32, 64])
+@pytest.mark.parametrize("context", [1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072])
+@pytest.mark.parametrize("kv_heads", [8, 3])  # Llama-3-8B, SmolLM2
+def test_split_counts_on_a_132_sm_gpu_make_several_waves_within_the_limits(batch, context, kv_heads):
+    sms = 132
+    splits = choose_num_splits(batch, kv_heads, context, "cuda", num_sms=sms)
+    programs = batch * kv_heads * splits
+    assert splits & (splits - 1) == 0 and 1 <= splits <= MAX_SPLITS  # a power of two: few compiled variants
+    assert splits == 1 or context // splits >= MIN_TOKENS_PER_SPLIT  # never a split too short to pay for itself
+    limited = splits == MAX_SPLITS or 2 * splits * MIN_TOKENS_PER_SPLIT > context  # the next doubling is too short
+    assert programs >= TARGET_WAVES * sms or limited, (batch, context, splits)  # several waves, or as many as allowed
+    assert splits == 1 or batch * kv_heads * splits // 2 < TARGET_WAVES * sms  # and no more splits than that needs
+
+
+def test_decode_autotune_key_follows_the_context_by_doublings():
+    from kvlab.kernels.paged_decode import _decode_launcher, context_bucket
+    from kvlab.kernels.quant_decode import _launcher as quant_launcher
+
+    assert "CONTEXT_BUCKET" in _decode_launcher.key and "CONTEXT_BUCKET" in quant_launcher.key
+    assert [context_bucket(n) for n in (1, 1000, 1024, 1025, 131072)] == [1, 1024, 1024, 2048, 131072]
 
 
 def test_decode_bytes_counts_kv_query_output_and_tables():
