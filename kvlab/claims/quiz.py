@@ -15,9 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from kvlab.memory import GiB, PRESETS, kv_bytes_per_token, kv_bytes_per_token_per_layer, kv_cache_bytes
-
-GB = 10**9
+from kvlab.memory import GB, GiB, PRESETS, kv_bytes_per_token, kv_bytes_per_token_per_layer, kv_cache_bytes
 
 
 @dataclasses.dataclass(frozen=True)
