@@ -54,6 +54,15 @@ notebooks: install
 	  && $(BIN)/python tools/strip_widget_state.py "$$nb" && $(BIN)/python tools/snapshot_plots.py "$$nb" \
 	  && touch "$$src" || exit 1; done
 
+# On a machine with a GPU: the CUDA kernel tests, the benchmarks at GPU sizes, every notebook with DEVICE="cuda"
+# (into /tmp/kvlab-gpu-check) and a one-page ✓/✗ summary, benchmarks/results/gpu_check_<device>.md, in ≤ 10 minutes.
+# GPU_CHECK_ARGS="--only decode quant" runs a part; "--copy-to DIR" also packs the results into DIR;
+# NO_INSTALL=1 PYTHON_GPU=python3 uses a Python that already has torch, triton and kvlab (a machine without a network).
+PYTHON_GPU ?= $(BIN)/python
+.PHONY: gpu-check
+gpu-check: $(if $(NO_INSTALL),,install)
+	env -u KVLAB_DEVICE $(PYTHON_GPU) -m kvlab.bench.gpu_check $(GPU_CHECK_ARGS)
+
 # The executed notebooks as a static site in site/ (open site/index.html): no kernel, figures still interactive.
 .PHONY: docs
 docs: install

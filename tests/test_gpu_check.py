@@ -1,0 +1,137 @@
+"""`make gpu-check` (kvlab.bench.gpu_check): its plan names real commands and notebooks, its steps report what
+happened (passed, failed, timed out, skipped with the reason), and its targets read ✓/✗ off benchmark reports."""
+from __future__ import annotations
+
+import ast
+import json
+import pathlib
+import subprocess
+import sys
+import tarfile
+import time
+
+import pytest
+import torch
+
+from kvlab.bench import gpu_check
+from kvlab.bench.gpu_check import Step, notebook_paths, plan, run_step, summary_markdown, targets
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def bench_commands() -> list[str]:
+    """The command choices of `python -m kvlab.bench`, read from its argument parser's source."""
+    tree = ast.parse((ROOT / "kvlab/bench/__main__.py").read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.keyword) and node.arg == "choices":
+            return [elt.value for elt in node.value.elts]
+    raise AssertionError("no choices= in kvlab/bench/__main__.py")
+
+
+def test_every_benchmark_step_is_a_command_of_kvlab_bench_and_every_kernel_test_exists():
+    commands = bench_commands()
+    steps = plan("python")
+    assert [s for s in steps if s.result_kind], "the plan runs no benchmark"
+    for step in steps:
+        if step.result_kind:
+            assert step.argv[1:4] == ("-m", "kvlab.bench", step.result_kind) and step.result_kind in commands
+    for path in gpu_check.KERNEL_TESTS:
+        assert (ROOT / path).is_file(), path
+    assert sum(s.timeout_s for s in steps) < gpu_check.DEADLINE_S <= 600  # the serial steps fit the 10 minutes
+
+
+def test_every_notebook_is_run_with_a_device_parameter_it_has():
+    notebooks = notebook_paths(ROOT / "notebooks")
+    assert len(notebooks) == len(list((ROOT / "notebooks/src").glob("[0-9][0-9]_*.py")))
+    for notebook in notebooks:
+        cells = json.loads(notebook.read_text())["cells"]
+        parameters = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+        assert len(parameters) == 1 and "DEVICE = " in "".join(parameters[0]["source"]), notebook.name
+        step = gpu_check.notebook_step(notebook, pathlib.Path("/scratch"))
+        assert step.argv[-3:] == ("-p", "DEVICE", "cuda") and "papermill" in step.needs
+
+
+def _step(code: str, timeout_s: int = 30, needs=()) -> Step:
+    return Step("probe", (sys.executable, "-c", code), timeout_s, tuple(needs))
+
+
+def test_a_step_reports_passed_failed_timed_out_or_skipped_with_its_reason():
+    far = time.monotonic() + 60
+    assert run_step(_step("print('ok')"), {}, far, {}).status == "passed"
+    failed = run_step(_step("import sys; print('boom'); sys.exit(3)"), {}, far, {})
+    assert failed.status == "failed" and "exit status 3" in failed.reason and "boom" in failed.output_tail
+    slow = run_step(_step("import time; time.sleep(10)", timeout_s=1), {}, far, {})
+    assert slow.status == "timed out" and slow.mark == "✗"
+    skipped = run_step(_step("print(1)", needs=["model"]), {"model": "the model file is not installed"}, far, {})
+    assert skipped.status == "skipped" and skipped.reason == "the model file is not installed"
+    late = run_step(_step("print(1)"), {}, time.monotonic() + 1, {})
+    assert late.status == "skipped" and "deadline" in late.reason
+
+
+def _decode_case(batch, context, fraction, vs_sdpa):
+    return {"batch": batch, "context": context, "fraction_of_copy": fraction, "paged_over_sdpa_time": vs_sdpa}
+
+
+def _quant_row(scheme, context, ratio):
+    return {"scheme": scheme, "batch": 8, "context": context, "time_vs_baseline": ratio}
+
+
+def test_targets_are_met_only_when_every_case_they_cover_meets_them():
+    decode = {"cases": [_decode_case(1, 1024, 0.10, 3.0),  # small: outside every target
+                        _decode_case(16, 8192, 0.93, 0.97), _decode_case(64, 32768, 0.95, 0.99),
+                        _decode_case(1, 131072, 0.80, 1.1)]}
+    quant = {"targets": {"int8": 0.55, "int4": 0.30},
+             "rows": [_quant_row("int8", 4096, 0.9), _quant_row("int8", 32768, 0.5), _quant_row("int4", 32768, 0.31)]}
+    marks = {t.name: t.ok for t in targets(decode, quant)}
+    assert marks == {"paged decode bandwidth, context ≥ 8K, batch ≥ 16": True,
+                     "paged decode vs SDPA on a contiguous cache": True,
+                     "paged decode bandwidth, batch 1 at 128K": True,
+                     "int8 decode time vs bf16, context ≥ 16K": True,
+                     "int4 decode time vs bf16, context ≥ 16K": False}
+    decode["cases"][2]["fraction_of_copy"] = 0.89  # one big case short of 90 %: the target is missed
+    assert not targets(decode, quant)[0].ok and "batch 64" in targets(decode, quant)[0].measured
+
+
+def test_targets_without_results_say_not_measured_rather_than_passing():
+    goals = targets(None, None)
+    assert goals and all(t.ok is None and t.measured == "not measured" and t.mark == "–" for t in goals)
+
+
+def test_the_summary_marks_each_step_and_target_and_shows_what_a_failed_step_printed():
+    results = [gpu_check.StepResult("decode benchmark", "passed", 12.0),
+               gpu_check.StepResult("quant benchmark", "failed", 3.0, "exit status 1", "Traceback: OutOfResources"),
+               gpu_check.StepResult("notebook 08", "skipped", reason="papermill is not installed")]
+    page = summary_markdown("NVIDIA H200", results, targets(None, None), "2026-12-03")
+    assert page.startswith("# make gpu-check on NVIDIA H200, 2026-12-03")
+    assert "1 of 3 steps passed" in page and "| ✗ | quant benchmark |" in page and "OutOfResources" in page
+    assert "| – | notebook 08 | 0 | papermill is not installed |" in page
+
+
+def test_copy_results_hands_back_three_files_whatever_the_number_of_results(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    summary = results / "gpu_check_nvidia-h200.md"
+    summary.write_text("# summary\n")
+    for kind in ("decode", "quant", "serve", "spec", "offload", "prefix", "gqa", "roofline", "versus_hf"):
+        (results / f"{kind}_nvidia-h200.json").write_text("{}")
+    (results / "decode_cpu-x86-64-2-threads.json").write_text("{}")  # another device's: not copied
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    (scratch / "02_paged_attention.ipynb").write_text("{}")
+    written = gpu_check.copy_results(summary, tmp_path / "out", scratch)
+    assert [p.name for p in written] == ["gpu_check_nvidia-h200.md", "gpu_check_nvidia-h200.tar.gz",
+                                         "gpu_check_nvidia-h200_notebooks.tar.gz"]
+    with tarfile.open(written[1]) as archive:
+        names = archive.getnames()
+    assert len(names) == 10 and not any("cpu" in n for n in names)
+    with tarfile.open(written[2]) as archive:
+        assert archive.getnames() == ["02_paged_attention.ipynb"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine the check would run")
+def test_without_a_gpu_the_command_says_what_it_is_for_and_exits_2():
+    done = subprocess.run([sys.executable, "-m", "kvlab.bench.gpu_check"], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 2 and "torch sees no CUDA device" in done.stderr and "make test" in done.stderr
+    dry = subprocess.run([sys.executable, "-m", "kvlab.bench.gpu_check", "--dry-run"], capture_output=True, text=True,
+                         cwd=ROOT)
+    assert dry.returncode == 0 and "decode benchmark" in dry.stdout and "notebook 02_paged_attention" in dry.stdout
