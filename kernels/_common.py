@@ -1,4 +1,12 @@
-"""What the paged kernels share: the interpreter switch, the supported sizes and the checks of their inputs."""
+"""What the paged kernels share: the interpreter switch, the supported sizes and the checks of their inputs.
+
+Offsets are int64 where they can pass 2³¹: a pool may hold more than 2³¹ elements (and a caller's query or a
+prefill chunk may too), while Triton multiplies two int32 values in int32, wrapping silently (its interpreter
+too). So each kernel makes the index of a tensor's outer dimension int64 before it multiplies: block ids, slots,
+the program ids of sequences, tokens and rows. The strides of those dimensions end in the dimension's letter:
+b (block or batch), n (token), r (row); kvlab.kernels.aot checks in the compiled TTIR that each of them is used
+only widened to int64.
+"""
 from __future__ import annotations
 
 import contextlib

@@ -51,7 +51,7 @@ def _paged_decode_kernel(
     NUM_SPLITS: tl.constexpr, CAST_TO_FP32: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    seq = tl.program_id(0)
+    seq = tl.program_id(0).to(tl.int64)  # int64: seq × an outer stride can pass 2³¹ (see _common)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
     context_len = tl.load(context_lens_ptr + seq)
@@ -116,7 +116,7 @@ def _combine_splits_kernel(
     stride_ob, stride_oh,  # out [B, Hq, D]
     NUM_SPLITS: tl.constexpr, BLOCK_S: tl.constexpr, HEAD_DIM: tl.constexpr,
 ):
-    seq = tl.program_id(0)
+    seq = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1)
     offs_s = tl.arange(0, BLOCK_S)
     offs_d = tl.arange(0, HEAD_DIM)

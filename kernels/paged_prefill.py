@@ -46,7 +46,7 @@ def _paged_prefill_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     q_tile = tl.program_id(0)
-    seq = tl.program_id(1)
+    seq = tl.program_id(1).to(tl.int64)  # int64: seq × an outer stride can pass 2³¹ (see _common)
     kv_head = tl.program_id(2)
     q_len = tl.load(q_lens_ptr + seq)
     context_len = tl.load(context_lens_ptr + seq)

@@ -54,10 +54,10 @@ def _quant_decode_kernel(
     K_SCALE_GROUP: tl.constexpr, V_SCALE_GROUP: tl.constexpr, K_PACK_GROUP: tl.constexpr, V_PACK_GROUP: tl.constexpr,
     HAS_RECENT: tl.constexpr, CAST_TO_FP32: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    row = tl.program_id(0)
+    row = tl.program_id(0).to(tl.int64)  # int64: row × an outer stride can pass 2³¹ (see _common)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
-    seq = tl.load(rows_seq_ptr + row)
+    seq = tl.load(rows_seq_ptr + row).to(tl.int64)
     context_len = tl.load(rows_ctx_ptr + row)
     full_len = tl.load(rows_full_ptr + row)  # tokens [0, full_len) are read quantized
     num_tiles = tl.cdiv(full_len, BLOCK_N)

@@ -36,10 +36,10 @@ def _quantize_tokens_kernel(
     stride_xn, stride_xh,  # x [N, Hkv, D], last dim contiguous
     stride_cb, stride_ct, stride_ch,  # codes [num_blocks, block_size, Hkv, code_bytes]
     stride_sb, stride_st, stride_sh,  # scale (and min) [num_blocks, block_size, Hkv, groups] fp16
-    HEAD_DIM: tl.constexpr, GROUP: tl.constexpr, BITS: tl.constexpr, KIND: tl.constexpr, QMAX: tl.constexpr,
-    LOG2_BLOCK_SIZE: tl.constexpr,
+    HEAD_DIM: tl.constexpr, GROUP: tl.constexpr, BLOCK_GROUPS: tl.constexpr, BITS: tl.constexpr, KIND: tl.constexpr,
+    QMAX: tl.constexpr, LOG2_BLOCK_SIZE: tl.constexpr,
 ):
-    token = tl.program_id(0)
+    token = tl.program_id(0).to(tl.int64)  # int64: token × stride and slot × stride can pass 2³¹ (see _common)
     head = tl.program_id(1)
     slot = tl.load(slots_ptr + token).to(tl.int64)
     if slot < 0:  # padding
@@ -49,15 +49,16 @@ def _quantize_tokens_kernel(
     NUM_GROUPS: tl.constexpr = HEAD_DIM // GROUP
     PACK: tl.constexpr = 8 // BITS
     SUB: tl.constexpr = GROUP // PACK  # codes of one group that share a byte are SUB channels apart
-    g = tl.arange(0, NUM_GROUPS)
+    g = tl.arange(0, BLOCK_GROUPS)  # the groups, padded to at least 2 (a one-group head): padding rows masked
+    real = g < NUM_GROUPS  # [BLOCK_GROUPS]
     src = x_ptr + token * stride_xn + head * stride_xh
     codes_row = codes_ptr + block * stride_cb + row * stride_ct + head * stride_ch
     scale_row = block * stride_sb + row * stride_st + head * stride_sh + g
     if PACK == 1:  # int8, fp8: [groups, GROUP]
         j = tl.arange(0, GROUP)
         channels = g[:, None] * GROUP + j[None, :]
-        x = tl.load(src + channels).to(tl.float32)
-        absmax = tl.max(tl.abs(x), 1)  # [groups]
+        x = tl.load(src + channels, mask=real[:, None], other=0.0).to(tl.float32)
+        absmax = tl.max(tl.abs(x), 1)  # [groups]; 0 for a padding group
         if KIND == 1:
             scale = tl.minimum(absmax / FP8_MAX, FP16_MAX).to(tl.float16).to(tl.float32)
         else:
@@ -74,12 +75,12 @@ def _quantize_tokens_kernel(
             codes = tl.where(y < 0, -rounded, rounded)
         else:
             codes = tl.minimum(tl.maximum(tl.floor(y + 0.5), -QMAX), QMAX)
-        tl.store(codes_row + channels, codes.to(codes_ptr.dtype.element_ty))
+        tl.store(codes_row + channels, codes.to(codes_ptr.dtype.element_ty), mask=real[:, None])
     else:  # int4, kivi2: [groups, PACK, SUB], the PACK codes of one byte along the middle axis
         i = tl.arange(0, PACK)
         j = tl.arange(0, SUB)
         channels = g[:, None, None] * GROUP + i[None, :, None] * SUB + j[None, None, :]
-        x = tl.load(src + channels).to(tl.float32)
+        x = tl.load(src + channels, mask=real[:, None, None], other=0.0).to(tl.float32)
         if KIND == 0:  # symmetric, code + 8 stored as an unsigned nibble
             absmax = tl.max(tl.max(tl.abs(x), 2), 1)
             scale = tl.minimum(absmax / QMAX, FP16_MAX).to(tl.float16).to(tl.float32)
@@ -91,10 +92,10 @@ def _quantize_tokens_kernel(
             scale = tl.minimum((high - low) / QMAX, FP16_MAX).to(tl.float16).to(tl.float32)
             safe = tl.where(scale > 0, scale, 1.0)
             q = tl.minimum(tl.maximum(tl.floor(tl.div_rn(x - low[:, None, None], safe[:, None, None]) + 0.5), 0.0), QMAX)
-            tl.store(min_ptr + scale_row, low.to(tl.float16))
+            tl.store(min_ptr + scale_row, low.to(tl.float16), mask=real)
         packed = tl.sum(q.to(tl.int32) << (i * BITS)[None, :, None], 1)  # [groups, SUB]
-        tl.store(codes_row + g[:, None] * SUB + j[None, :], packed.to(tl.uint8))
-    tl.store(scale_ptr + scale_row, scale.to(tl.float16))
+        tl.store(codes_row + g[:, None] * SUB + j[None, :], packed.to(tl.uint8), mask=real[:, None])
+    tl.store(scale_ptr + scale_row, scale.to(tl.float16), mask=real)
 
 
 @jit_pair
@@ -153,7 +154,8 @@ def quantize_store(scheme: QuantScheme, x: torch.Tensor, codes: torch.Tensor, sc
             x.stride(0), x.stride(1),
             codes.stride(0), codes.stride(1), codes.stride(2),
             scale.stride(0), scale.stride(1), scale.stride(2),
-            HEAD_DIM=scheme.head_dim, GROUP=scheme.group_size, BITS=scheme.bits, KIND=kind_of(scheme),
+            HEAD_DIM=scheme.head_dim, GROUP=scheme.group_size, BLOCK_GROUPS=max(2, scheme.num_groups),
+            BITS=scheme.bits, KIND=kind_of(scheme),
             QMAX=float(scheme.qmax), LOG2_BLOCK_SIZE=block_size.bit_length() - 1,
         )
 

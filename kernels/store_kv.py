@@ -22,7 +22,7 @@ def _store_kv_kernel(
     stride_pb, stride_pt, stride_ph,  # both pools [num_blocks, block_size, Hkv, D], same strides
     NUM_KV_HEADS: tl.constexpr, BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr, LOG2_BLOCK_SIZE: tl.constexpr,
 ):
-    token = tl.program_id(0)
+    token = tl.program_id(0).to(tl.int64)  # int64: token × stride and slot × stride can pass 2³¹ (see _common)
     slot = tl.load(slot_mapping_ptr + token).to(tl.int64)
     if slot < 0:  # padding
         return
