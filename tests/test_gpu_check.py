@@ -135,3 +135,14 @@ def test_without_a_gpu_the_command_says_what_it_is_for_and_exits_2():
     dry = subprocess.run([sys.executable, "-m", "kvlab.bench.gpu_check", "--dry-run"], capture_output=True, text=True,
                          cwd=ROOT)
     assert dry.returncode == 0 and "decode benchmark" in dry.stdout and "notebook 02_paged_attention" in dry.stdout
+
+
+def test_the_vllm_step_calls_a_replay_that_exists_with_arguments_it_takes():
+    import inspect
+
+    from kvlab.vllm.replay import run_if_available
+
+    step = gpu_check.vllm_step(pathlib.Path("/scratch"))
+    assert "run_if_available(work_dir='/scratch/vllm')" in step.argv[-1] and set(step.needs) >= {"cuda", "vllm"}
+    assert "work_dir" in inspect.signature(run_if_available).parameters
+    assert run_if_available() is None or torch.cuda.is_available()  # here: no vLLM, no CUDA → None, nothing started

@@ -228,25 +228,17 @@ def run_check(only: list[str] | None = None, deadline_s: float = DEADLINE_S, scr
             results.append(result)
             progress(f"{result.mark} {result.name}: {result.status} in {result.seconds:.0f} s {result.reason}")
     if not only or any("vllm replay".startswith(o) for o in only):
-        results.append(_vllm_replay(missing, deadline, scratch))
-        progress(f"{results[-1].mark} vllm replay: {results[-1].status} {results[-1].reason}")
+        results.append(run_step(vllm_step(scratch, python), missing, deadline, env))
+        progress(f"{results[-1].mark} vllm replay: {results[-1].status} in {results[-1].seconds:.0f} s {results[-1].reason}")
     return device, results, targets(_read("decode", device), _read("quant", device))
 
 
-def _vllm_replay(missing: dict[str, str | None], deadline: float, scratch: pathlib.Path) -> StepResult:
-    """The serving trace through a real vLLM server (kvlab.vllm), where vLLM is importable."""
-    if missing.get("vllm") or missing.get("cuda"):
-        return StepResult("vllm replay", "skipped", reason=missing.get("cuda") or missing["vllm"])
-    started = time.monotonic()
-    try:
-        from kvlab.vllm.replay import run_if_available
-
-        report = run_if_available(scratch, timeout_s=max(0.0, deadline - time.monotonic()))
-    except Exception as err:  # noqa: BLE001 — the summary says what broke; the other steps still count
-        return StepResult("vllm replay", "failed", time.monotonic() - started, f"{type(err).__name__}: {err}")
-    if report is None:
-        return StepResult("vllm replay", "skipped", reason="kvlab.vllm found no vLLM to replay through")
-    return StepResult("vllm replay", "passed", time.monotonic() - started, f"result: {report.get('path', '')}")
+def vllm_step(scratch: pathlib.Path, python: str = sys.executable) -> Step:
+    """Notebook 08's GPU trace through kvlab's engine and through a real vLLM server (kvlab.vllm.replay), writing
+    benchmarks/results/vllm_<device>.json; run last, with what time is left."""
+    code = ("import sys; from kvlab.vllm.replay import run_if_available; "
+            f"report = run_if_available(work_dir={str(scratch / 'vllm')!r}); sys.exit(0 if report else 3)")
+    return Step("vllm replay", (python, "-c", code), 300, ("cuda", "model", "vllm"), "vllm")
 
 
 def copy_results(summary: pathlib.Path, target: pathlib.Path, scratch: pathlib.Path) -> list[pathlib.Path]:
@@ -281,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--deadline-s must be positive, got {args.deadline_s}")
     missing = available()
     if args.dry_run:
-        for step in plan() + [notebook_step(nb, pathlib.Path("<scratch>")) for nb in notebook_paths()]:
+        scratch = pathlib.Path("<scratch>")
+        for step in plan() + [notebook_step(nb, scratch) for nb in notebook_paths()] + [vllm_step(scratch)]:
             reasons = [missing[n] for n in step.needs if missing.get(n)]
             print(f"{step.name:<32} ≤ {step.timeout_s:>3} s  {'skip: ' + '; '.join(reasons) if reasons else 'ready'}")
         return 0
