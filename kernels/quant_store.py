@@ -113,20 +113,20 @@ def _quantize_key_blocks_kernel(
     PACK: tl.constexpr = 8 // BITS
     SUB: tl.constexpr = HEAD_DIM // PACK
     t = tl.arange(0, BLOCK_SIZE)
-    i = tl.arange(0, PACK)
     j = tl.arange(0, SUB)
-    channels = i[:, None] * SUB + j[None, :]  # [PACK, SUB]
-    x = tl.load(x_ptr + ((first + t) * stride_xn + head * stride_xh)[:, None, None] + channels[None, :, :])
-    x = x.to(tl.float32)  # [BLOCK_SIZE, PACK, SUB]
-    low = tl.maximum(tl.min(x, 0), -FP16_MAX).to(tl.float16).to(tl.float32)  # [PACK, SUB] per channel
-    scale = tl.minimum((tl.max(x, 0) - low) / QMAX, FP16_MAX).to(tl.float16).to(tl.float32)
-    safe = tl.where(scale > 0, scale, 1.0)
-    q = tl.minimum(tl.maximum(tl.floor(tl.div_rn(x - low[None, :, :], safe[None, :, :]) + 0.5), 0.0), QMAX)
-    packed = tl.sum(q.to(tl.int32) << (i * BITS)[None, :, None], 1)  # [BLOCK_SIZE, SUB]
+    tokens = x_ptr + ((first + t) * stride_xn + head * stride_xh)[:, None]  # [BLOCK_SIZE, 1]
+    packed = tl.zeros([BLOCK_SIZE, SUB], tl.int32)
+    for i in tl.static_range(PACK):  # byte position i holds channels i·SUB … (i+1)·SUB − 1: one slice at a time
+        x = tl.load(tokens + i * SUB + j[None, :]).to(tl.float32)  # [BLOCK_SIZE, SUB]
+        low = tl.maximum(tl.min(x, 0), -FP16_MAX).to(tl.float16).to(tl.float32)  # [SUB] per channel
+        scale = tl.minimum((tl.max(x, 0) - low) / QMAX, FP16_MAX).to(tl.float16).to(tl.float32)
+        safe = tl.where(scale > 0, scale, 1.0)
+        q = tl.minimum(tl.maximum(tl.floor(tl.div_rn(x - low[None, :], safe[None, :]) + 0.5), 0.0), QMAX)
+        packed = packed | (q.to(tl.int32) << (i * BITS))
+        per_channel = block * stride_sb + head * stride_sh + i * SUB + j
+        tl.store(scale_ptr + per_channel, scale.to(tl.float16))
+        tl.store(min_ptr + per_channel, low.to(tl.float16))
     tl.store(codes_ptr + block * stride_cb + head * stride_ch + t[:, None] * stride_ct + j[None, :], packed.to(tl.uint8))
-    per_channel = block * stride_sb + head * stride_sh + channels
-    tl.store(scale_ptr + per_channel, scale.to(tl.float16))
-    tl.store(min_ptr + per_channel, low.to(tl.float16))
 
 
 def _check_rows(name: str, x: torch.Tensor, scheme: QuantScheme, codes: torch.Tensor) -> None:
@@ -188,7 +188,13 @@ def quantize_key_blocks(scheme: QuantScheme, keys: torch.Tensor, codes: torch.Te
             codes.stride(0), codes.stride(1), codes.stride(2),
             scale.stride(0), scale.stride(1),
             HEAD_DIM=scheme.head_dim, BITS=scheme.bits, QMAX=float(scheme.qmax), BLOCK_SIZE=codes.shape[1],
+            num_warps=key_block_warps(codes.shape[1], scheme.head_dim),
         )
+
+
+def key_block_warps(block_size: int, head_dim: int) -> int:
+    """Warps for one block's [block_size, head_dim / PACK] slice: ≤ 64 values a thread, and no spills (sm_80 to 256 × 256)."""
+    return max(4, min(16, block_size * head_dim // 8192))
 
 
 def quantize_key_blocks_reference(scheme: QuantScheme, keys: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor,
