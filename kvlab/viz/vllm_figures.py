@@ -1,8 +1,10 @@
-"""kvlab's serving metrics beside a vLLM server's on the same trace, or kvlab's alone, plainly marked, where no vLLM
-run is recorded. Draws only: the numbers come from ServeResult.metrics() and kvlab.vllm.result_import (seconds,
+"""kvlab's serving configuration beside vLLM's arguments (a table), and kvlab's serving metrics beside a vLLM
+server's on the same trace — or kvlab's alone, plainly marked, where no vLLM run is recorded. Draws only: the
+mapping comes from kvlab.vllm.args, the numbers from ServeResult.metrics() and kvlab.vllm.result_import (seconds,
 tok/s), the recording from kvlab.vllm.replay."""
 from __future__ import annotations
 
+import html
 import math
 
 import plotly.graph_objects as go
@@ -12,6 +14,19 @@ LATENCIES = (("ttft_p50_s", "TTFT p50"), ("ttft_p99_s", "TTFT p99"), ("tpot_p50_
              ("tpot_p99_s", "TPOT p99"), ("itl_p50_s", "ITL p50"), ("itl_p99_s", "ITL p99"))
 NO_VLLM = "no vLLM result recorded yet — run `make gpu-check` on a GPU machine"
 KVLAB_COLOUR, VLLM_COLOUR = "#2e86c1", "#e67e22"
+KIND_COLOURS = {"same": "#0b6e4f", "differs": "#8a5a00", "implicit": "#555", "client": "#1f4e79",
+                "kvlab only": "#555", "none": "#b00020"}
+
+
+def mapping_table_html(table: list[dict]) -> str:
+    """VllmMapping.table() as an HTML table, the kind of each row coloured (none: red, differs: amber)."""
+    rows = "".join(
+        f"<tr><td><code>{html.escape(r['kvlab knob'])}</code></td><td><code>{html.escape(r['kvlab value'])}</code></td>"
+        f"<td style='text-align:left'><code>{html.escape(r['vLLM'])}</code></td>"
+        f"<td style='color:{KIND_COLOURS[r['kind']]}'><b>{html.escape(r['kind'])}</b></td>"
+        f"<td style='text-align:left'>{html.escape(r['note'])}</td></tr>" for r in table)
+    return ("<table><tr><th>kvlab knob</th><th>value</th><th style='text-align:left'>vLLM flag</th><th>kind</th>"
+            "<th style='text-align:left'>note</th></tr>" + rows + "</table>")
 
 
 def _ms(metrics: dict, key: str) -> float | None:

@@ -44,8 +44,12 @@ SEED = 0
 
 # %%
 # NBVAL_IGNORE_OUTPUT
+import pathlib
+import shlex
+import tempfile
+
 import torch
-from IPython.display import display
+from IPython.display import HTML, display
 
 import kvlab
 from kvlab import Request, StepClock
@@ -57,6 +61,9 @@ from kvlab.viz import mode_banner, show_with_first_view
 from kvlab.viz.serving_figures import (batch_composition_figure, gantt_figure, latency_throughput_figure,
                                        slot_occupancy_figure, step_cost_figure)
 from kvlab.viz.serving_widget import ServingLab
+from kvlab.viz.vllm_figures import comparison_figure, mapping_table_html
+from kvlab.vllm import load_timed_trace, map_config, save_timed_trace
+from kvlab.vllm.trace_export import bench_command
 
 device = kvlab.pick_device(DEVICE)  # "auto": $KVLAB_DEVICE if set (the tests pin cpu), else CUDA when available
 model, tokenizer = kvlab.load_model(device=device)
@@ -267,7 +274,89 @@ for r in recorded:
     serve_bench.print_report(r)
 
 # %% [markdown]
-# ## 8 · The lab
+# ## 8 · When a real server takes over
+#
+# kvlab's engine is small enough to read in an afternoon; vLLM is the server people deploy. Most of what this
+# notebook turned has a vLLM argument with the same meaning — a token budget, a slot limit, a block pool, chunked
+# prefill, first come first served, recompute preemption — and `kvlab.vllm` maps this notebook's configuration to
+# them knob by knob, with a note wherever vLLM has no equivalent or means something else. The *kind* column says
+# which: **same**; **differs** (the nearest argument, whose meaning the note qualifies); **implicit** (vLLM does it
+# with no flag); **client** (a per-request setting that the benchmark client sends); **kvlab only** (the lab's
+# instrumentation); **none** (vLLM cannot do it, and `engine_args()` refuses it by name).
+
+# %%
+served = runs["continuous"]
+config = common | {"num_blocks": served.num_blocks, "block_size": served.block_size}  # the pool section 2 sized
+mapping = map_config(config, dtype="bfloat16")
+display(HTML(mapping_table_html(mapping.table())))
+print(mapping.serve_command())
+print(shlex.join(bench_command("trace.timed_trace.jsonl", len(trace), served.block_size,
+                               client_flags=mapping.bench_flags())))
+try:
+    map_config(config | {"policy": "static"}).engine_args()
+except ValueError as refusal:
+    print(f"\nstatic batching, asked of vLLM: {refusal}")
+
+# %% [markdown]
+# **The trace, with its arrival times.** Of the datasets `vllm bench serve` reads, only `timed_trace` gives each
+# request its own send time (`--self-timed`): one JSON line per request with its timestamp in seconds, its prompt and
+# output lengths, and one hash id per block of prompt tokens — equal ids for equal blocks from the start of the
+# prompt, so vLLM's prefix cache hits where kvlab's would. What vLLM cannot replay is the prompts' tokens: it draws
+# random tokens for each id, so whatever depends on the text differs (n-gram drafts, EOS, the answers), and
+# `--ignore-eos` keeps every output at its trace length, as `stop_at_eos=False` does here. Section 2's trace arrives
+# all at once (every timestamp 0); a Poisson trace keeps its times as they are.
+
+# %%
+export_dir = pathlib.Path(tempfile.mkdtemp(prefix="kvlab-vllm-"))
+path = save_timed_trace(export_dir / "trace.timed_trace.jsonl", trace, served.block_size)
+entries = load_timed_trace(path, served.block_size)
+print(f"{path.name}: {len(entries)} lines, the first two:\n  " + "\n  ".join(path.read_text().splitlines()[:2]))
+print("read back — the same arrival times, prompt lengths and output lengths:",
+      [(e.timestamp, e.input_length, e.output_length) for e in entries]
+      == [(r.arrival_s, len(r.prompt), r.max_new_tokens) for r in trace])
+poisson = traces.chat_requests(tokenizer, NUM_REQUESTS, seed=SEED, rate_per_s=2.0, prompt_mean=PROMPT_MEAN,
+                               output_mean=OUTPUT_MEAN, max_prompt=4 * PROMPT_MEAN, max_output=3 * OUTPUT_MEAN)
+poisson_entries = load_timed_trace(save_timed_trace(export_dir / "poisson.timed_trace.jsonl", poisson))
+print("a Poisson trace at 2 req/s keeps its arrival times:",
+      [e.timestamp for e in poisson_entries] == [r.arrival_s for r in poisson],
+      "— the first five (s):", [round(e.timestamp, 3) for e in poisson_entries[:5]])
+
+# %% [markdown]
+# **What changes when vLLM serves it.**
+# * The rules stay — one token budget a step, running requests first, first come first served, the newest preempted
+#   and recomputed, long prompts chunked — so slots fill and queues grow the same way. What changes is what a step
+#   costs: CUDA graphs, FlashAttention or Triton kernels, and one packed (varlen) batch where kvlab pads its rows and
+#   runs the decode and prefill groups as two passes; with async scheduling, vLLM plans the next step while the GPU
+#   runs this one.
+# * The clock moves: vLLM's TTFT, TPOT and ITL are measured by the benchmark client, through HTTP and
+#   detokenization; kvlab's at the engine's step. vLLM's ITL is the gap between streamed chunks: tokens that arrive
+#   together (accepted drafts) make one gap there, several zero gaps here.
+# * The weights differ: kvlab runs the Q4_1 GGUF file dequantized, vLLM the Hugging Face checkpoint in bfloat16, so
+#   greedy tokens can differ — and with random prompt tokens the answers are not this notebook's anyway. The
+#   comparison is of time, not of text.
+# * Some of what kvlab does, vLLM does not do at all: static batching, swap preemption, a draft made of the target's
+#   own layers, 2-bit KIVI — the table's *none* rows.
+#
+# A recorded replay runs section 2's trace at GPU sizes through kvlab's engine and then through `vllm serve` on the
+# same GPU (`kvlab.vllm.replay.run_if_available`, which `make gpu-check` calls where vLLM is installed) and writes
+# `benchmarks/results/vllm_<gpu>.json`; this cell draws it, clearly labelled, or says that none exists.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+recorded_vllm = recorded_gpu_runs("vllm", "../benchmarks/results")
+for r in recorded_vllm:
+    print(f"RECORDED on {r['device']}, {r['date']} (not this machine), both servers on the same trace and GPU:\n"
+          f"  {r['serve_command']}")
+    comparison_figure(r["kvlab"], r["vllm"], kvlab_label=f"kvlab on {r['device']}",
+                      vllm_label=f"vLLM on {r['device']}").show()
+if not recorded_vllm:
+    print("No vLLM result is recorded yet. On a GPU machine with vLLM installed, `make gpu-check` replays section 2's\n"
+          "trace through kvlab and through `vllm serve` and writes benchmarks/results/vllm_<gpu>.json; this cell then\n"
+          "draws vLLM's numbers beside kvlab's. Until then, kvlab's side alone, live from section 2 on this machine:")
+    comparison_figure(continuous, kvlab_label="kvlab, live on this machine (section 2)").show()
+
+# %% [markdown]
+# ## 9 · The lab
 #
 # Choose the policy, `max_num_seqs`, the token budget, the pool size and the request rate, then **run** the real
 # model through the engine. **Step** and the **replay** slider walk through the run: the Gantt chart with the
@@ -324,3 +413,5 @@ check_number("continuous / static throughput from the step cost", answer_3, (7.5
 #   fuller batch is almost free, on this CPU it is not, so the ratio here is smaller than the claims' 5–10×.
 # * Chunked prefill keeps decode tokens flowing and short requests' TTFT low behind a long prompt.
 # * Latency and throughput trade along one curve; past capacity the queue, not the model, sets TTFT.
+# * A real server keeps these rules and changes what a step costs: `kvlab.vllm` maps the knobs to vLLM's arguments,
+#   exports the trace with its arrival times, and draws vLLM's recorded result beside kvlab's.
