@@ -19,9 +19,10 @@ from kvlab import traces
 from kvlab.cache import LAYOUT_OPTIONS, chain_hash
 from kvlab.engine import Request, ServeResult, StepClock, serve
 from kvlab.memory import GiB, kv_bytes_per_token
-from kvlab.viz.vllm_figures import NO_VLLM, comparison_figure
+from kvlab.viz.vllm_figures import KIND_COLOURS, NO_VLLM, comparison_figure, mapping_table_html
 from kvlab.vllm import flag, load_result, load_timed_trace, map_config, parse_flags, read_result, save_timed_trace
-from kvlab.vllm.args import KINDS, knob_defaults
+from kvlab.vllm.args import knob_defaults
+from kvlab.vllm.knobs import KINDS
 from kvlab.vllm.replay import GPU_CONFIG, replay, run_if_available, vllm_available, vllm_installed
 from kvlab.vllm.trace_export import bench_command, timed_trace_entries
 
@@ -134,6 +135,8 @@ def test_engine_args_refuse_every_knob_vllm_cannot_serve_and_the_table_still_sho
     with pytest.raises(ValueError, match=r"scheme='kivi2'.*policy='static'"):
         mapping.engine_args()
     assert {r["kvlab knob"] for r in mapping.table() if r["kind"] == "none"} == {"policy", "scheme"}
+    drawn = mapping_table_html(mapping.table())
+    assert drawn.count(f"color:{KIND_COLOURS['none']}") == 2 and drawn.count("<tr>") == len(mapping.rows) + 1
     assert flag("max_num_seqs", 4) == ["--max-num-seqs", "4"]
 
 

@@ -24,7 +24,7 @@ import tempfile
 import time
 import urllib.request
 
-from .args import MODEL, VllmMapping, map_config
+from .args import VllmMapping, map_config
 from .result_import import VllmResult, load_result
 from .trace_export import bench_command, save_timed_trace
 

@@ -1,0 +1,283 @@
+"""Each kvlab serving knob, one handler a knob: its value → a Row saying how vLLM relates to it (the kinds: same,
+differs, implicit, client, kvlab only, none — see kvlab.vllm.args), the vLLM engine arguments or `vllm bench serve`
+flags it becomes, and a one-line note. The handlers only describe; kvlab.vllm.args assembles and refuses."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from ..cache import LAYOUT_OPTIONS, check_block_size
+from ..checks import positive_int
+from ..memory import GiB, kv_bytes_per_token
+
+KINDS = ("same", "differs", "implicit", "client", "kvlab only", "none")
+KV_CACHE_DTYPES = {"int8": "int8_per_token_head", "fp8": "fp8_per_token_head", "int4": "int4_per_token_head"}
+VLLM_DTYPE_STORAGE = {"auto": "bfloat16", "int8_per_token_head": "int8", "fp8_per_token_head": "fp8",
+                      "int4_per_token_head": "int4"}  # for pool bytes (scales not counted)
+
+
+@dataclass(frozen=True)
+class Row:
+    knob: str
+    value: object
+    kind: str  # one of KINDS
+    note: str
+    engine_args: dict = field(default_factory=dict)  # vLLM engine arguments this knob sets
+    bench_flags: tuple[str, ...] = ()  # `vllm bench serve` flags (client-side settings)
+
+    def __post_init__(self) -> None:
+        assert self.kind in KINDS, self.kind
+
+    def refusal(self) -> str:
+        return f"kvlab's {self.knob}={show_value(self.value)} has no vLLM meaning: {self.note}"
+
+
+def show_value(value) -> str:
+    return repr(value) if isinstance(value, (str, int, float, bool, type(None), dict, list, tuple)) \
+        else type(value).__name__
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a knob's mapping may need besides its own value."""
+    config: dict  # every knob, defaults filled in
+    pool_as: str
+    gpu_memory_bytes: int | None
+    weight_bytes: int | None
+    shape: object  # kvlab.memory.ModelShape of the served model
+
+
+def _cache_name(cache) -> str:
+    return cache if isinstance(cache, str) else getattr(cache, "name", type(cache).__name__)
+
+
+def _kv_cache_dtype(ctx: Context) -> str:
+    scheme = ctx.config.get("scheme")
+    if _cache_name(ctx.config["cache"]) != "quantized" or scheme is None:
+        return "auto"
+    return KV_CACHE_DTYPES.get(scheme, "auto")
+
+
+def _cache(value, ctx: Context) -> Row:
+    name = _cache_name(value)
+    if name == "prefix":
+        return Row("cache", value, "same", "a pool of blocks found again by a hash chain over their tokens (vLLM: "
+                   "sha256 by default, kvlab: blake2b); on by default in vLLM", {"enable_prefix_caching": True})
+    if name == "paged":
+        return Row("cache", value, "same", "vLLM's pool is always paged; its prefix caching, on by default, is "
+                   "turned off", {"enable_prefix_caching": False})
+    if name == "quantized":
+        return Row("cache", value, "differs", "kvlab's quantized pool keeps no prefix cache, so vLLM's is turned "
+                   "off; the KV dtype comes from scheme", {"enable_prefix_caching": False})
+    if name in ("none", "contiguous"):
+        return Row("cache", value, "none", "vLLM's KV cache is always a paged block pool; kvlab's 'contiguous' "
+                   "reserves a row per sequence and 'none' recomputes every step")
+    raise ValueError(f"unknown cache {value!r}; kvlab's layouts: {', '.join(LAYOUT_OPTIONS)}")
+
+
+def _scheme(value, ctx: Context) -> Row:
+    head_dim, group = ctx.shape.head_dim, ctx.config.get("group_size")
+    if _cache_name(ctx.config["cache"]) != "quantized" or value is None:
+        return Row("scheme", value, "same", "unquantized K/V in the model's dtype (kvlab: float32 on a CPU, "
+                   "bfloat16 on CUDA; vLLM: the checkpoint's, bfloat16)", {"kv_cache_dtype": "auto"})
+    if value == "kivi2":
+        return Row("scheme", value, "none", "vLLM has no 2-bit KIVI (keys per channel, values per token); its "
+                   "smallest is int4_per_token_head")
+    if value not in KV_CACHE_DTYPES:
+        raise ValueError(f"unknown quantization scheme {value!r}; kvlab's: int8, fp8, int4, kivi2")
+    dtype = KV_CACHE_DTYPES[value]
+    whole_head = group in (None, head_dim) if value != "int4" else group == head_dim
+    if whole_head:
+        return Row("scheme", value, "same", f"{dtype}: one scale per token and KV head, computed as the cache is "
+                   f"written, as kvlab's {value} (Triton attention backend)", {"kv_cache_dtype": dtype})
+    kvlab_group = group or 32
+    return Row("scheme", value, "differs", f"{dtype} keeps one scale per token and KV head; kvlab's {value} one per "
+               f"{kvlab_group} channels — vLLM's is coarser", {"kv_cache_dtype": dtype})
+
+
+def _group_size(value, ctx: Context) -> Row:
+    if value is None or value == ctx.shape.head_dim:
+        return Row("group_size", value, "implicit", "a scale per token and KV head, as vLLM's per-token-head dtypes")
+    return Row("group_size", value, "differs", "vLLM has no scale groups: one scale per token and KV head (see "
+               "scheme)")
+
+
+def _num_blocks(value, ctx: Context) -> Row:
+    if value is None:
+        return Row("num_blocks", value, "implicit", "kvlab sizes the pool for max_num_seqs of the longest request; "
+                   "vLLM for gpu_memory_utilization (0.92) of the GPU's memory")
+    positive_int("num_blocks", value)
+    if ctx.pool_as == "num_gpu_blocks_override":
+        return Row("num_blocks", value, "same", "the same number of blocks of block_size tokens: the same tokens "
+                   "(the bytes follow each side's KV dtype)", {"num_gpu_blocks_override": value})
+    if ctx.gpu_memory_bytes is None or ctx.weight_bytes is None:
+        raise ValueError("pool_as='gpu_memory_utilization' needs gpu_memory_bytes and weight_bytes")
+    pool_bytes = value * ctx.config["block_size"] * kv_bytes_per_token(ctx.shape, VLLM_DTYPE_STORAGE[_kv_cache_dtype(ctx)])
+    share = math.ceil((ctx.weight_bytes + pool_bytes) / ctx.gpu_memory_bytes * 1e4) / 1e4
+    if share > 1:
+        raise ValueError(f"num_blocks={value} ({pool_bytes / GiB:.1f} GiB) and the weights do not fit "
+                         f"gpu_memory_bytes={ctx.gpu_memory_bytes}")
+    return Row("num_blocks", value, "differs", "(weights + pool) ÷ GPU memory: vLLM takes activations from the same "
+               "share, so its pool comes out smaller; num_gpu_blocks_override is exact",
+               {"gpu_memory_utilization": share})
+
+
+def _same(engine_arg: str, note: str):
+    def handler(value, ctx: Context) -> Row:
+        check_block_size(value) if engine_arg == "block_size" else positive_int(engine_arg, value)
+        return Row(engine_arg, value, "same", note, {engine_arg: value})
+    return handler
+
+
+def _chunked_prefill(value, ctx: Context) -> Row:
+    if value is not True:
+        raise ValueError(f"chunked_prefill={value!r}: kvlab always feeds a prompt longer than the budget left in "
+                         f"chunks; to prefill whole prompts, make max_num_batched_tokens ≥ the longest prompt")
+    return Row("chunked_prefill", value, "same", "a prompt longer than the budget left is fed in chunks beside the "
+               "decode tokens (vLLM v1's default)", {"enable_chunked_prefill": True})
+
+
+def _policy(value, ctx: Context) -> Row:
+    if value == "continuous":
+        return Row("policy", value, "same", "running requests first, then waiting ones first come first served: "
+                   "vLLM v1's scheduler", {"scheduling_policy": "fcfs"})
+    if value == "static":
+        return Row("policy", value, "none", "vLLM has no request-level batching: a finished slot is refilled at the "
+                   "next step")
+    raise ValueError(f"unknown policy {value!r}; kvlab's: continuous, static")
+
+
+def _preemption(value, ctx: Context) -> Row:
+    if value == "recompute":
+        return Row("preemption", value, "implicit", "vLLM v1 preempts only by recompute: the newest running request "
+                   "frees its blocks and is prefilled again")
+    if value in ("swap", "auto"):
+        return Row("preemption", value, "none", "vLLM v1 never swaps a preempted request's blocks out; its "
+                   "offloading keeps prefix blocks (see tier)")
+    raise ValueError(f"unknown preemption {value!r}; kvlab's: recompute, swap, auto")
+
+
+def _speculative(value, ctx: Context) -> Row:
+    cfg = ctx.config
+    if value is None:
+        return Row("speculative", value, "implicit", "no speculative decoding (vLLM's default too)")
+    if value == "ngram":
+        options = cfg.get("speculative_options") or {}
+        spec = {"method": "ngram", "num_speculative_tokens": positive_int("num_speculative_tokens",
+                                                                         cfg["num_speculative_tokens"]),
+                "prompt_lookup_max": options.get("max_n", 3), "prompt_lookup_min": options.get("min_n", 1)}
+        return Row("speculative", value, "same", "prompt lookup: the longest match from prompt_lookup_max down to "
+                   "prompt_lookup_min, as kvlab's max_n … min_n", {"speculative_config": spec})
+    if value == "self":
+        return Row("speculative", value, "none", "a draft made of the target's own layers: vLLM's draft_model needs "
+                   "a separate small model, EAGLE and MTP a trained head")
+    raise ValueError(f"unknown speculative drafter {value!r}; kvlab's: ngram, self")
+
+
+def _num_speculative_tokens(value, ctx: Context) -> Row:
+    positive_int("num_speculative_tokens", value)
+    if ctx.config["speculative"] is None:
+        return Row("num_speculative_tokens", value, "implicit", "unused without speculative decoding")
+    return Row("num_speculative_tokens", value, "same", "speculative_config's num_speculative_tokens")
+
+
+def _speculative_options(value, ctx: Context) -> Row:
+    options = value or {}
+    unknown = sorted(set(options) - {"min_n", "max_n", "draft_layers"})
+    if unknown:
+        raise ValueError(f"unknown speculative options {unknown}; they are min_n, max_n (ngram), draft_layers (self)")
+    if "draft_layers" in options:
+        return Row("speculative_options", value, "none", "vLLM cannot draft with some of the target's own layers")
+    if not options:
+        return Row("speculative_options", value, "implicit", "kvlab's defaults: min_n 1, max_n 3")
+    return Row("speculative_options", value, "same", "min_n, max_n: speculative_config's prompt_lookup_min, "
+               "prompt_lookup_max")
+
+
+def _tier(value, ctx: Context) -> Row:
+    if value is None:
+        return Row("tier", value, "implicit", "no tier below the pool (vLLM offloads nothing by default)")
+    nbytes = getattr(value, "capacity_bytes", value)
+    if isinstance(nbytes, bool) or not isinstance(nbytes, (int, float)) or not nbytes > 0:
+        raise ValueError(f"tier must be a kvlab BlockTier or a size in bytes > 0, got {value!r}")
+    return Row("tier", value, "differs", "GiB of CPU memory: vLLM's native offloading copies computed blocks there "
+               "and loads them back on a prefix hit; kvlab's tier receives the blocks the pool evicts",
+               {"kv_offloading_size": round(nbytes / GiB, 4), "kv_offloading_backend": "native"})
+
+
+def _seed(value, ctx: Context) -> Row:
+    if value is None:
+        return Row("seed", value, "implicit", "unseeded sampling")
+    return Row("seed", value, "differs", "seeds vLLM's sampler, another generator than kvlab's: sampled tokens "
+               "differ", {"seed": value})
+
+
+def _temperature(value, ctx: Context) -> Row:
+    return Row("temperature", value, "client", "a sampling parameter of each request: the benchmark client sends it",
+               bench_flags=("--temperature", str(value)))
+
+
+def _top_p(value, ctx: Context) -> Row:
+    flags = () if value == 1.0 else ("--top-p", str(value))
+    return Row("top_p", value, "client", "a sampling parameter of each request: the benchmark client sends it",
+               bench_flags=flags)
+
+
+def _stop_at_eos(value, ctx: Context) -> Row:
+    if value:
+        return Row("stop_at_eos", value, "client", "vLLM stops at EOS too")
+    return Row("stop_at_eos", value, "client", "every request generates its max tokens (timed_trace sets it itself)",
+               bench_flags=("--ignore-eos",))
+
+
+def _chat(value, ctx: Context) -> Row:
+    if not value:
+        return Row("chat", value, "implicit", "prompts sent as they are (/v1/completions)")
+    return Row("chat", value, "differs", "the template's tokens are in each prompt's ids and its input_length; the "
+               "replay sends ids to /v1/completions, not messages to /v1/chat/completions")
+
+
+def _clock(value, ctx: Context) -> Row:
+    if value is None or type(value).__name__ == "WallClock":
+        return Row("clock", value, "implicit", "vLLM's times are wall-clock times")
+    return Row("clock", value, "none", "a step clock counts engine steps; vLLM measures the wall clock")
+
+
+def _kvlab_only(knob: str, note: str, neutral=None):
+    def handler(value, ctx: Context) -> Row:
+        return Row(knob, value, "implicit" if value is neutral else "kvlab only", note)
+    return handler
+
+
+def _swap_tier(value, ctx: Context) -> Row:
+    if value is None:
+        return Row("swap_tier", value, "implicit", "no swap tier (vLLM v1 has none)")
+    return Row("swap_tier", value, "none", "vLLM v1 never swaps preempted requests out (see preemption)")
+
+
+def _hash_fn(value, ctx: Context) -> Row:
+    if value is None or getattr(value, "__name__", "") == "chain_hash":
+        return Row("hash_fn", value, "implicit", "kvlab's blake2b chain; vLLM's --prefix-caching-hash-algo sha256")
+    return Row("hash_fn", value, "none", "a Python hash function has no vLLM counterpart (its algorithms: sha256, "
+               "sha256_cbor, xxhash, xxhash_cbor)")
+
+
+HANDLERS = {
+    "cache": _cache, "scheme": _scheme, "group_size": _group_size,
+    "block_size": _same("block_size", "tokens per block; vLLM's attention backend may accept only some sizes "
+                        "(FlashAttention: multiples of 16)"),
+    "num_blocks": _num_blocks,
+    "max_num_seqs": _same("max_num_seqs", "sequences one step may hold"),
+    "max_num_batched_tokens": _same("max_num_batched_tokens", "tokens one step may feed (vLLM's default on a GPU is "
+                                    "2,048–16,384; kvlab's 512 suits a CPU)"),
+    "chunked_prefill": _chunked_prefill, "policy": _policy, "preemption": _preemption,
+    "speculative": _speculative, "num_speculative_tokens": _num_speculative_tokens,
+    "speculative_options": _speculative_options, "tier": _tier, "swap_tier": _swap_tier, "seed": _seed,
+    "temperature": _temperature, "top_p": _top_p, "stop_at_eos": _stop_at_eos, "chat": _chat, "clock": _clock,
+    "progress": _kvlab_only("progress", "a progress bar", neutral=False),
+    "on_step": _kvlab_only("on_step", "a hook the lab's widgets read the pool through"),
+    "offload_costs": _kvlab_only("offload_costs", "measured costs for preemption='auto'"),
+    "backend": _kvlab_only("backend", "kvlab's kernels ('torch' or 'triton'); vLLM picks its own attention backend"),
+    "max_seqs": _kvlab_only("max_seqs", "sizes kvlab's scale tables (vLLM: from max_num_seqs)"),
+    "hash_fn": _hash_fn,
+}
