@@ -11,8 +11,9 @@ interpreter (each kernel is decorated twice, compiled and interpreted, and picks
     quantize_key_blocks      kivi2 keys: per channel over a full block                    quant_store.py
     quant_decode_attention   paged decode over a quantized pool, dequantized in registers quant_decode.py
 
-One C++ kernel for the CPU, compiled on first use (torch.utils.cpp_extension), imported on its own:
+C++ kernels for the CPU, one extension compiled once (torch.utils.cpp_extension), each imported on its own:
     cpu_gemv                 decode's x @ Wᵀ streamed at memory bandwidth                 cpu_gemv.py/.cpp
+    cpu_paged_decode_attention  paged decode reading the blocks in place, GQA-native      cpu_paged_attention.py/.cpp
 """
 import os
 

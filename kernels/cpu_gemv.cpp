@@ -71,9 +71,20 @@ torch::Tensor gemv_q4_1(const torch::Tensor& x, const torch::Tensor& blocks);
 torch::Tensor gemv_q8_0(const torch::Tensor& x, const torch::Tensor& blocks);
 std::string blocks_simd_path();
 
+// cpu_paged_attention.cpp: paged decode attention reading K/V in place through the block table.
+torch::Tensor paged_decode(const torch::Tensor& query, const torch::Tensor& k_pool, const torch::Tensor& v_pool,
+                           const torch::Tensor& block_tables, const torch::Tensor& context_lens, double scale,
+                           int64_t num_splits);
+int64_t paged_decode_splits(int64_t batch, int64_t max_context);
+std::string attention_simd_path();
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gemv", &gemv, "y = x @ w.T: x [M, K], w [N, K], float32 on the CPU");
   m.def("gemv_q4_1", &gemv_q4_1, "y = x @ W.T, W as GGML Q4_1 blocks [N, K/32*20] uint8; x [M, K] float32");
   m.def("gemv_q8_0", &gemv_q8_0, "y = x @ W.T, W as GGML Q8_0 blocks [N, K/32*34] uint8; x [M, K] float32");
   m.def("blocks_simd_path", &blocks_simd_path, "the vector code this build's block kernels use: avx512, avx2, plain");
+  m.def("paged_decode", &paged_decode, "paged decode attention: query [B, Hq, D], pools [blocks, block_size, Hkv, D], "
+        "block_tables [B, max_blocks], context_lens [B], scale, num_splits (0: chosen) -> [B, Hq, D]");
+  m.def("paged_decode_splits", &paged_decode_splits, "the splits paged_decode chooses for (batch, longest context)");
+  m.def("attention_simd_path", &attention_simd_path, "the vector code this build's attention uses: avx512, avx2, plain");
 }

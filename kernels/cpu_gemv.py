@@ -12,6 +12,9 @@ cpu_gemv_blocks is the same product reading W as the GGUF file stores it (cpu_ge
 (0.625 B a weight) or Q8_0 (1.0625 B), rebuilt to the exact float32 weights in registers. It reads 5.6× fewer
 bytes than float32 for SmolLM2; on 2 cores it is then limited by the unpacking, not by the memory.
 
+The same extension holds the paged decode attention kernel for the CPU (cpu_paged_attention.cpp; its wrapper,
+reference and bytes are in cpu_paged_attention.py): one build, one switch, one fallback.
+
 It is compiled with torch.utils.cpp_extension (a C++ compiler and ninja; about a minute on 2 cores (56 s measured), once, then cached
 under TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions): by `make install` (build_for_install),
 or else on first use. Whenever it compiles it says so first and prints the time after; loading a build already
@@ -29,7 +32,8 @@ import warnings
 
 import torch
 
-SOURCES = [pathlib.Path(__file__).with_name(name) for name in ("cpu_gemv.cpp", "cpu_gemv_ggml.cpp")]
+SOURCES = [pathlib.Path(__file__).with_name(name)
+           for name in ("cpu_gemv.cpp", "cpu_gemv_ggml.cpp", "cpu_paged_attention.cpp")]
 _loaded: dict[str, object] = {}
 
 
@@ -105,7 +109,7 @@ def build_gemv(extra_flags: tuple[str, ...] = ()):
 
 def load_gemv():
     """The compiled module (.gemv(x, w) on float32 weights; .gemv_q4_1 / .gemv_q8_0 (x, blocks) on the GGUF
-    file's blocks), or None where it is switched off or cannot be built."""
+    file's blocks; .paged_decode, see cpu_paged_attention.py), or None where it is switched off or cannot be built."""
     if "module" in _loaded:
         return _loaded["module"]
     module = None

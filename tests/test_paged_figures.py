@@ -9,8 +9,8 @@ from kvlab.bench.decode import DecodeCase
 from kvlab.cache import ContiguousCache, PagedCache, PrefixCachedPagedCache
 from kvlab.model.config import LlamaConfig
 from kvlab.viz.paged_figures import (CACHED_ONLY_COLOUR, FREE_COLOUR, block_fills, block_tables_figure,
-                                     decode_bandwidth_figure, occupancy_figure, pool_figure, reservation_figure,
-                                     sequence_colour, snapshot)
+                                     decode_bandwidth_figure, occupancy_figure, paging_cost_figure, pool_figure,
+                                     reservation_figure, sequence_colour, snapshot)
 
 TINY = LlamaConfig(name="tiny", num_layers=2, hidden_size=64, ffn_size=128, num_heads=4, num_kv_heads=2, head_dim=16,
                    vocab_size=100, context_len=512, rope_base=10000.0, rms_eps=1e-5, tied_embeddings=True,
@@ -131,6 +131,19 @@ def test_decode_bandwidth_figure_draws_each_batch_under_the_copy_line():
     assert paged == {"paged, batch 1": [256e3 / 1e-3 / 1e9, 1024e3 / 1e-3 / 1e9],
                      "paged, batch 4": [4 * 256e3 / 1e-3 / 1e9, 4 * 1024e3 / 1e-3 / 1e9]}
     assert fig.layout.shapes[0].y0 == 20.0
+
+
+def test_a_cpu_report_draws_the_gather_path_beside_the_kernel_and_the_paging_cost_against_vllms_band():
+    cases = [DecodeCase(b, 256, 16, 1, bytes_moved=10**6, paged_s=1.1e-3, sdpa_s=1e-3, copy_gb_s=20.0, gather_s=4e-3).row()
+             for b in (1, 4)]
+    report = {"device": "CPU (test)", "path": "C++ kernel", "dtype": "float32", "copy_gb_s": 20.0, "cases": cases}
+    lines = {t.name: list(t.y) for t in decode_bandwidth_figure(report).data}
+    assert lines["gather then attend, batch 4"] == [10**6 / 4e-3 / 1e9] and lines["paged, batch 1"] == [10**6 / 1.1e-3 / 1e9]
+    fig = paging_cost_figure(report)
+    bars = {t.name: [round(y, 6) for y in t.y] for t in fig.data}
+    assert bars == {"C++ kernel, blocks read in place": [1.1, 1.1], "torch: gather the blocks, then attend": [4.0, 4.0]}
+    band = fig.layout.shapes[0]
+    assert (band.y0, band.y1) == (1.20, 1.26) and fig.layout.shapes[1].y0 == 1.0  # vLLM's band, SDPA's line
 
 
 def test_pool_figure_of_a_prefix_cache_shows_evictable_blocks_with_their_lru_rank():

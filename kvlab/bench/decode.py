@@ -6,7 +6,10 @@ so its figure of merit is achieved GB/s against the device's measured copy bandw
 user would pick: torch `scaled_dot_product_attention` (GQA enabled) over a contiguous [B, Hkv, S, D] cache.
 
 On CUDA: the compiled Triton kernel, timed with `triton.testing.do_bench` (median), bf16, Llama-3-8B shapes.
-On a CPU: the torch paths only (gather-then-attend vs SDPA), at small sizes, with a host-clock median.
+On a CPU: SmolLM2's heads, float32, three contenders taking turns (host-clock medians after warm-up): SDPA over
+the contiguous cache, kvlab's C++ kernel reading the blocks in place (kvlab.kernels.cpu_paged_attention: the
+paged cache's CPU default, the "paged" row), and the torch path that gathers the blocks into a contiguous copy
+first (backend "torch", the "gather" row) — which moves the K/V three times and so overstates what paging costs.
 """
 from __future__ import annotations
 
@@ -19,14 +22,15 @@ import torch
 import torch.nn.functional as F
 
 from kvlab.cache.attention import attend_reference
-from kvlab.kernels import decode_bytes
+from kvlab.kernels import cpu_paged_attention, decode_bytes
 
 from ..progress import with_progress
 from .results import RESULTS, save_result
 from .roofs import device_label, measure_copy_bandwidth
-from .timers import median_seconds
+from .timers import alternating_medians
 
 LLAMA3_8B = dict(num_q_heads=32, num_kv_heads=8, head_dim=128)
+SMOLLM2 = dict(num_q_heads=9, num_kv_heads=3, head_dim=64)
 
 
 @dataclass
@@ -36,9 +40,10 @@ class DecodeCase:
     block_size: int
     num_splits: int
     bytes_moved: int
-    paged_s: float
+    paged_s: float  # the paged cache's own decode kernel: Triton on CUDA, the C++ kernel on a CPU
     sdpa_s: float
     copy_gb_s: float
+    gather_s: float | None = None  # CPU: the torch path, gather the blocks then attend (None on CUDA)
 
     @property
     def paged_gb_s(self) -> float:
@@ -48,20 +53,26 @@ class DecodeCase:
         out = asdict(self)
         out.update(paged_gb_s=self.paged_gb_s, fraction_of_copy=self.paged_gb_s / self.copy_gb_s,
                    sdpa_gb_s=self.bytes_moved / self.sdpa_s / 1e9, paged_over_sdpa_time=self.paged_s / self.sdpa_s)
+        if self.gather_s is not None:
+            out.update(gather_gb_s=self.bytes_moved / self.gather_s / 1e9,
+                       gather_over_sdpa_time=self.gather_s / self.sdpa_s)
         return out
 
 
 def make_inputs(batch: int, context: int, block_size: int, num_q_heads: int, num_kv_heads: int, head_dim: int,
                 dtype: torch.dtype, device: torch.device, seed: int = 0):
-    """A paged pool with shuffled block tables, and the same K/V as a contiguous [B, Hkv, S, D] cache."""
-    g = torch.Generator(device="cpu").manual_seed(seed)
+    """A paged pool with shuffled block tables, and the same K/V as a contiguous [B, Hkv, S, D] cache, all drawn
+    on `device` by a generator there (a GPU-sized pool is never filled on the host and copied over)."""
+    device = torch.device(device)
+    g = torch.Generator(device=device).manual_seed(seed)
     blocks_per_seq = math.ceil(context / block_size)
     num_blocks = batch * blocks_per_seq
-    k_pool = torch.randn(num_blocks, block_size, num_kv_heads, head_dim, generator=g).to(device, dtype)
-    v_pool = torch.randn(num_blocks, block_size, num_kv_heads, head_dim, generator=g).to(device, dtype)
-    tables = torch.randperm(num_blocks, generator=g).view(batch, blocks_per_seq).to(device, torch.int32)
+    pool_shape = (num_blocks, block_size, num_kv_heads, head_dim)
+    k_pool = torch.randn(pool_shape, generator=g, device=device, dtype=dtype)
+    v_pool = torch.randn(pool_shape, generator=g, device=device, dtype=dtype)
+    tables = torch.randperm(num_blocks, generator=g, device=device).view(batch, blocks_per_seq).to(torch.int32)
     context_lens = torch.full((batch,), context, dtype=torch.int32, device=device)
-    query = torch.randn(batch, num_q_heads, head_dim, generator=g).to(device, dtype)
+    query = torch.randn(batch, num_q_heads, head_dim, generator=g, device=device, dtype=dtype)
     k_contig = k_pool[tables.long()].reshape(batch, -1, num_kv_heads, head_dim)[:, :context].transpose(1, 2).contiguous()
     v_contig = v_pool[tables.long()].reshape(batch, -1, num_kv_heads, head_dim)[:, :context].transpose(1, 2).contiguous()
     return query, k_pool, v_pool, tables, context_lens, k_contig, v_contig  # contig: [B, Hkv, S, D]
@@ -84,9 +95,19 @@ def torch_paged_decode(query, k_pool, v_pool, tables, context_lens):
     return attend_reference(query.unsqueeze(1), k, v, (lens - 1)[:, None], lens).squeeze(1)
 
 
+def cpu_contenders(query, k_pool, v_pool, tables, lens, k_contig, v_contig) -> dict:
+    """What the CPU benchmark times, by name: SDPA over the contiguous cache, the C++ kernel over the pool in place
+    (where the extension loads), the torch gather path."""
+    fns = {"sdpa": lambda: sdpa_decode(query, k_contig, v_contig)}
+    if cpu_paged_attention.available():
+        fns["kernel"] = lambda: cpu_paged_attention.cpu_paged_decode_attention(query, k_pool, v_pool, tables, lens)
+    fns["gather"] = lambda: torch_paged_decode(query, k_pool, v_pool, tables, lens)
+    return fns
+
+
 def run(device: torch.device, batches, contexts, block_size: int, dtype: torch.dtype, memory_fraction: float = 0.35,
-        progress: bool = True) -> dict:
-    shapes = LLAMA3_8B if device.type == "cuda" else dict(num_q_heads=8, num_kv_heads=2, head_dim=64)
+        progress: bool = True, rounds: int = 9) -> dict:
+    shapes = LLAMA3_8B if device.type == "cuda" else SMOLLM2
     elem = torch.finfo(dtype).bits // 8
     copy = measure_copy_bandwidth(device)
     budget = (torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else 4 * 2**30) * memory_fraction
@@ -110,16 +131,28 @@ def run(device: torch.device, batches, contexts, block_size: int, dtype: torch.d
             paged_s = triton.testing.do_bench(
                 lambda: paged_decode_attention(query, k_pool, v_pool, tables, lens, check=False), return_mode="median") / 1e3
             sdpa_s = triton.testing.do_bench(lambda: sdpa_decode(query, k_contig, v_contig), return_mode="median") / 1e3
+            gather_s = None
         else:
-            splits = 1
-            paged_s = median_seconds(lambda: torch_paged_decode(query, k_pool, v_pool, tables, lens), device, 2, 7)
-            sdpa_s = median_seconds(lambda: sdpa_decode(query, k_contig, v_contig), device, 2, 7)
-        cases.append(DecodeCase(batch, context, block_size, splits, moved, paged_s, sdpa_s, copy.gb_per_s))
+            fns = cpu_contenders(*inputs)
+            # a few calls a turn where one call is short, so that each turn is long next to the clock's overhead
+            seconds = alternating_medians(fns, warmup=2, rounds=rounds, calls_per_round=max(1, 2**21 // moved))
+            kernel_path = "kernel" in fns
+            del fns
+            splits = cpu_paged_attention.cpu_splits(batch, context) if kernel_path else 1
+            paged_s, sdpa_s = seconds["kernel" if kernel_path else "gather"], seconds["sdpa"]
+            gather_s = seconds["gather"] if kernel_path else None
+        cases.append(DecodeCase(batch, context, block_size, splits, moved, paged_s, sdpa_s, copy.gb_per_s, gather_s))
         del inputs, query, k_pool, v_pool, tables, lens, k_contig, v_contig  # free before the next, larger case
+    if device.type == "cuda":
+        path = "triton compiled"
+    elif cpu_paged_attention.available():
+        path = f"C++ kernel in place ({cpu_paged_attention.simd_path()}) and torch gather (CPU: no Triton timing)"
+    else:
+        path = "torch gather (CPU; the C++ kernel is not available here)"
     return {
         "device": device_label(device), "date": time.strftime("%Y-%m-%d"), "dtype": str(dtype).replace("torch.", ""),
-        "shapes": shapes, "path": "triton compiled" if device.type == "cuda" else "torch (CPU: no Triton timing)",
-        "copy_gb_s": copy.gb_per_s, "torch": torch.__version__, "cases": [c.row() for c in cases], "skipped": skipped,
+        "shapes": shapes, "path": path, "threads": torch.get_num_threads(), "copy_gb_s": copy.gb_per_s,
+        "torch": torch.__version__, "cases": [c.row() for c in cases], "skipped": skipped,
     }
 
 
@@ -130,10 +163,15 @@ def save(report: dict, folder: pathlib.Path = RESULTS) -> pathlib.Path:
 
 def print_table(report: dict) -> None:
     print(f"{report['device']} — {report['path']}, {report['dtype']}, copy bandwidth measured {report['copy_gb_s']:.0f} GB/s")
-    print(f"{'batch':>5} {'context':>7} {'splits':>6} {'MB moved':>9} {'paged µs':>9} {'GB/s':>7} {'of copy':>7} "
-          f"{'SDPA µs':>8} {'paged/SDPA':>10}")
+    gather = any("gather_s" in c and c["gather_s"] is not None for c in report["cases"])
+    print(f"{'batch':>5} {'context':>7} {'splits':>6} {'MB moved':>9} {'SDPA µs':>8} {'GB/s':>6} {'paged µs':>9} "
+          f"{'GB/s':>6} {'of copy':>7} {'paged/SDPA':>10}" + (f" {'gather µs':>9} {'GB/s':>6} {'gather/SDPA':>11}" if gather else ""))
     for c in report["cases"]:
-        print(f"{c['batch']:>5} {c['context']:>7} {c['num_splits']:>6} {c['bytes_moved'] / 1e6:>9.1f} {c['paged_s'] * 1e6:>9.1f} "
-              f"{c['paged_gb_s']:>7.1f} {c['fraction_of_copy']:>7.0%} {c['sdpa_s'] * 1e6:>8.1f} {c['paged_over_sdpa_time']:>10.2f}")
+        line = (f"{c['batch']:>5} {c['context']:>7} {c['num_splits']:>6} {c['bytes_moved'] / 1e6:>9.1f} "
+                f"{c['sdpa_s'] * 1e6:>8.1f} {c['sdpa_gb_s']:>6.1f} {c['paged_s'] * 1e6:>9.1f} {c['paged_gb_s']:>6.1f} "
+                f"{c['fraction_of_copy']:>7.0%} {c['paged_over_sdpa_time']:>10.2f}")
+        if gather and c.get("gather_s") is not None:
+            line += f" {c['gather_s'] * 1e6:>9.1f} {c['gather_gb_s']:>6.1f} {c['gather_over_sdpa_time']:>11.2f}"
+        print(line)
     for s in report["skipped"]:
         print(f"skipped batch {s['batch']} × context {s['context']}: {s['why']}")

@@ -36,3 +36,22 @@ def device_timer(device: torch.device | str) -> Callable[[Callable[[], object]],
 
         return lambda fn: triton.testing.do_bench(fn, return_mode="median") / 1e3
     return lambda fn: median_seconds(fn, device, warmup=1, repeats=5)
+
+
+def alternating_medians(fns: dict[str, Callable[[], object]], warmup: int = 2, rounds: int = 9,
+                        calls_per_round: int = 1) -> dict[str, float]:
+    """Median wall time of each fn (host clock, CPU), the contenders taking turns: every round runs each of them
+    `calls_per_round` times in a row, so a neighbour that slows the machine for a while slows them all alike."""
+    if rounds < 1 or calls_per_round < 1:
+        raise ValueError(f"rounds and calls_per_round must be ≥ 1, got {rounds} and {calls_per_round}")
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            for _ in range(calls_per_round):
+                fn()
+            times[name].append((time.perf_counter() - start) / calls_per_round)
+    return {name: statistics.median(seconds) for name, seconds in times.items()}

@@ -5,12 +5,14 @@ block table: logical block j (its tokens j·bs … j·bs+bs-1) → physical bloc
 only when it crosses a block boundary and returns all of them when it finishes, so the only waste is the
 unfilled tail of each sequence's last block.
 
-Two attention paths, named by `backend`:
+Three attention paths, named by `backend`:
 * "triton" — the kernels of kvlab.kernels: store through a slot mapping, GQA-native paged decode (split-K
   when the batch cannot fill the device), causal paged prefill. Compiled on CUDA; under Triton's
-  interpreter on a CPU (slow: for small runs, tests and demos). The default on CUDA.
-* "torch" — a plain-torch reference: scatter by slot, gather each sequence's blocks, attend. The fast path
-  for whole generations on a CPU, and the default there.
+  interpreter on a CPU (slow: for small runs, tests and demos, and for reading the kernels). The default on CUDA.
+* "cpu" — decode steps through kvlab's C++ kernel (kvlab.kernels.cpu_paged_attention), which reads each block
+  where it lies; prefill and the store as "torch". The default on a CPU where the C++ extension loads.
+* "torch" — a plain-torch reference: scatter by slot, gather each sequence's blocks into a contiguous copy,
+  attend. The CPU default where the C++ extension is switched off or cannot be built.
 """
 from __future__ import annotations
 
@@ -20,19 +22,28 @@ from .attention import attend_masked
 from .base import KVCache, Step
 from .block_allocator import BlockAllocator, blocks_for
 
-BACKENDS = ("torch", "triton")
+BACKENDS = ("torch", "triton", "cpu")
 
 
 class PagedCache(KVCache):
     name = "paged"
+    backends = BACKENDS  # a layout whose pool the C++ kernel cannot read leaves "cpu" out
 
     def __init__(self, config, device, dtype, num_blocks: int, block_size: int = 16, backend: str | None = None):
         super().__init__(config, device, dtype)
         self.allocator = BlockAllocator(num_blocks, block_size)  # validates both numbers
         self.block_size = block_size
-        backend = backend or ("triton" if self.device.type == "cuda" else "torch")
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown paged backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        backend = backend or self.default_backend(self.device)
+        if backend not in self.backends:
+            raise ValueError(f"unknown paged backend {backend!r}; choose one of {', '.join(self.backends)}")
+        if backend == "cpu":
+            from kvlab.kernels import cpu_paged_attention
+
+            if self.device.type != "cpu":
+                raise ValueError(f"backend 'cpu' runs on CPU tensors, but this cache is on {self.device}")
+            if not cpu_paged_attention.available():
+                raise ValueError("backend 'cpu' needs kvlab's C++ CPU kernel, which is not available here "
+                                 "(see the warning above); backend 'torch' runs anywhere")
         self.backend = backend
         self._allocate_pools(num_blocks, block_size)
         self.block_tables: dict[int, list[int]] = {}  # seq_id -> physical block ids, in logical order
@@ -43,6 +54,18 @@ class PagedCache(KVCache):
         self._table_ids: torch.Tensor | None = None  # [B, max_blocks] int64, the same, for torch indexing
         self._kv_lens: torch.Tensor | None = None  # [B] int32
         self._q_lens: torch.Tensor | None = None  # [B] int32
+
+    @classmethod
+    def default_backend(cls, device: torch.device) -> str:
+        """"triton" on CUDA; on a CPU "cpu" where the C++ kernel loads (and this layout takes it), else "torch"."""
+        if torch.device(device).type == "cuda":
+            return "triton"
+        if "cpu" in cls.backends:
+            from kvlab.kernels import cpu_paged_attention
+
+            if cpu_paged_attention.available():
+                return "cpu"
+        return "torch"
 
     def _allocate_pools(self, num_blocks: int, block_size: int) -> None:
         shape = (num_blocks, block_size, self.config.num_kv_heads, self.config.head_dim)
@@ -207,6 +230,12 @@ class PagedCache(KVCache):
                 return out.unsqueeze(1)
             return paged_prefill_attention(q, self.k_pools[layer], self.v_pools[layer], self._table, self._kv_lens,
                                            self._q_lens, check=False)  # [B, T, Hq, D]
+        if self.backend == "cpu" and step.new_len == 1:
+            from kvlab.kernels.cpu_paged_attention import cpu_paged_decode_attention
+
+            out = cpu_paged_decode_attention(q[:, 0], self.k_pools[layer], self.v_pools[layer], self._table,
+                                             self._kv_lens)  # [B, Hq, D]
+            return out.unsqueeze(1)
         k, v = self.gather(layer)
         return attend_masked(q, k, v, step.attention_mask(k.shape[1]))
 

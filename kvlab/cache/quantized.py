@@ -83,6 +83,7 @@ class StepPlan:
 
 class QuantizedPagedCache(PagedCache):
     name = "quantized"
+    backends = ("torch", "triton")  # the C++ CPU kernel reads float pools, not codes and scales
 
     def __init__(self, config, device, dtype, num_blocks: int, block_size: int = 16, scheme: str | QuantScheme = "int8",
                  group_size: int | None = None, backend: str | None = None, max_seqs: int = 16):

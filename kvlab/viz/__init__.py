@@ -7,8 +7,8 @@ from .first_view import show_with_first_view
 from .fragmentation_figures import (block_size_sweep_figure, concurrency_figure, memory_over_time_figure,
                                     waste_breakdown_figure)
 from .fragmentation_widget import fragmentation_lab, fragmentation_lab_figure
-from .paged_figures import (block_tables_figure, decode_bandwidth_figure, occupancy_figure, pool_figure,
-                            reservation_figure, snapshot)
+from .paged_figures import (block_tables_figure, decode_bandwidth_figure, occupancy_figure, paging_cost_figure,
+                            pool_figure, reservation_figure, snapshot)
 from .prefix_cache_widget import PrefixCacheLab
 from .prefix_figures import prompt_tokens_figure, ttft_figure
 from .radix_figures import radix_figure, radix_tree
@@ -21,7 +21,8 @@ from .serving_widget import ServingLab
 
 __all__ = ["mode_banner", "kv_memory_figure", "presets_figure", "speedup_figure", "step_time_figure",
            "pool_figure", "block_tables_figure", "occupancy_figure", "reservation_figure", "snapshot",
-           "decode_bandwidth_figure", "BlockTableLab", "PrefixCacheLab", "block_table_lab", "radix_figure",
+           "decode_bandwidth_figure", "paging_cost_figure", "BlockTableLab", "PrefixCacheLab", "block_table_lab",
+           "radix_figure",
            "radix_tree", "ttft_figure", "prompt_tokens_figure",
            "memory_over_time_figure", "waste_breakdown_figure", "concurrency_figure", "block_size_sweep_figure",
            "fragmentation_lab", "fragmentation_lab_figure",

@@ -211,7 +211,8 @@ def reservation_figure(contiguous_cache, paged_cache) -> go.Figure:
 
 def decode_bandwidth_figure(report: dict) -> go.Figure:
     """Achieved GB/s of paged decode attention vs context, one line per batch (kvlab.bench.decode.run's report),
-    with the copy bandwidth measured in the same run as a horizontal line."""
+    beside SDPA over a contiguous cache (and, from a CPU run, the torch gather path), with the copy bandwidth
+    measured in the same run as a horizontal line."""
     fig = go.Figure()
     batches = sorted({c["batch"] for c in report["cases"]})
     for i, batch in enumerate(batches):
@@ -221,10 +222,43 @@ def decode_bandwidth_figure(report: dict) -> go.Figure:
                         name=f"paged, batch {batch}", line_color=colour)
         fig.add_scatter(x=[c["context"] for c in cases], y=[c["sdpa_gb_s"] for c in cases], mode="lines+markers",
                         name=f"SDPA contiguous, batch {batch}", line=dict(color=colour, dash="dot"))
+        gathered = [c for c in cases if c.get("gather_s") is not None]
+        if gathered:  # a CPU run: the torch path that gathers the blocks first
+            fig.add_scatter(x=[c["context"] for c in gathered], y=[c["gather_gb_s"] for c in gathered],
+                            mode="lines+markers", name=f"gather then attend, batch {batch}",
+                            line=dict(color=colour, dash="dashdot", width=1), marker_symbol="x")
     fig.add_hline(y=report["copy_gb_s"], line=dict(color="black", dash="dash"),
                   annotation_text=f"copy bandwidth measured here: {report['copy_gb_s']:.0f} GB/s",
                   annotation_position="top left")
     fig.update_layout(title=f"Decode attention on {report['device']} — {report['path']}, {report['dtype']}",
                       xaxis_title="context (tokens)", xaxis_type="log", yaxis_title="achieved GB/s",
                       yaxis_rangemode="tozero", template="plotly_white", height=400)
+    return fig
+
+
+VLLM_PAGED_SLOWDOWN = (1.20, 1.26)  # Kwon et al. 2023, §7.1: their paged kernel vs a contiguous one, same data
+
+
+def paging_cost_figure(report: dict) -> go.Figure:
+    """What paging costs at decode: each paged path's time ÷ SDPA's over the same K/V in a contiguous cache, per
+    (batch, context) of a decode benchmark report, beside the vLLM paper's 20–26 % band. A CPU run has two paged
+    paths: the C++ kernel reading the blocks in place, and the torch path gathering them into a copy first."""
+    cases = sorted(report["cases"], key=lambda c: (c["batch"], c["context"]))
+    labels = [f"B{c['batch']} · {c['context']:,}" for c in cases]
+    in_place = "C++ kernel, blocks read in place" if any(c.get("gather_s") is not None for c in cases) else "paged kernel"
+    fig = go.Figure()
+    fig.add_hrect(y0=VLLM_PAGED_SLOWDOWN[0], y1=VLLM_PAGED_SLOWDOWN[1], fillcolor=TAIL_COLOUR, opacity=0.35, line_width=0,
+                  annotation_text="vLLM paper: paged kernel 20–26 % slower", annotation_position="top left")
+    fig.add_hline(y=1.0, line=dict(color="black", dash="dash"), annotation_text="SDPA, contiguous cache",
+                  annotation_position="bottom right")
+    fig.add_bar(x=labels, y=[c["paged_over_sdpa_time"] for c in cases], name=in_place, marker_color=TOKENS_COLOUR,
+                text=[f"{c['paged_over_sdpa_time']:.2f}×" for c in cases], textposition="outside")
+    gathered = [c.get("gather_over_sdpa_time") for c in cases]
+    if any(g is not None for g in gathered):
+        fig.add_bar(x=labels, y=gathered, name="torch: gather the blocks, then attend", marker_color=RESERVED_COLOUR,
+                    text=[f"{g:.2f}×" if g is not None else "" for g in gathered], textposition="outside")
+    fig.update_layout(barmode="group", template="plotly_white", height=420, yaxis_rangemode="tozero",
+                      title=f"Decode attention time ÷ SDPA's on a contiguous cache — {report['device']}, {report['dtype']}",
+                      xaxis_title="batch · context (tokens)", yaxis_title="time ÷ SDPA's",
+                      legend=dict(orientation="h", y=-0.25, yanchor="top"))
     return fig
