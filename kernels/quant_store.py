@@ -193,7 +193,7 @@ def quantize_key_blocks(scheme: QuantScheme, keys: torch.Tensor, codes: torch.Te
 
 
 def key_block_warps(block_size: int, head_dim: int) -> int:
-    """Warps for one block's [block_size, head_dim / PACK] slice: ≤ 64 values a thread, and no spills (sm_80 to 256 × 256)."""
+    """Warps for one block's [block_size, head_dim / PACK] slice: ≤ 64 values a thread (no spills, sm_80 to 256²)."""
     return max(4, min(16, block_size * head_dim // 8192))
 
 
