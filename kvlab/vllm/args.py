@@ -144,7 +144,8 @@ class VllmMapping:
     def table(self) -> list[dict]:
         """The rows as plain dicts (knob, kvlab value, vLLM flags, kind, note), for a notebook's table."""
         return [{"kvlab knob": r.knob, "kvlab value": show_value(r.value),
-                 "vLLM": " ".join(to_flags(r.engine_args) + list(r.bench_flags)) or "—", "kind": r.kind, "note": r.note}
+                 "vLLM": " ".join(to_flags(r.engine_args) + list(r.bench_flags)) or "—", "kind": r.kind,
+                 "note": r.note}
                 for r in self.rows]
 
 

@@ -112,7 +112,8 @@ def _num_blocks(value, ctx: Context) -> Row:
                    "(the bytes follow each side's KV dtype)", {"num_gpu_blocks_override": value})
     if ctx.gpu_memory_bytes is None or ctx.weight_bytes is None:
         raise ValueError("pool_as='gpu_memory_utilization' needs gpu_memory_bytes and weight_bytes")
-    pool_bytes = value * ctx.config["block_size"] * kv_bytes_per_token(ctx.shape, VLLM_DTYPE_STORAGE[_kv_cache_dtype(ctx)])
+    storage = VLLM_DTYPE_STORAGE[_kv_cache_dtype(ctx)]
+    pool_bytes = value * ctx.config["block_size"] * kv_bytes_per_token(ctx.shape, storage)
     share = math.ceil((ctx.weight_bytes + pool_bytes) / ctx.gpu_memory_bytes * 1e4) / 1e4
     if share > 1:
         raise ValueError(f"num_blocks={value} ({pool_bytes / GiB:.1f} GiB) and the weights do not fit "
@@ -277,7 +278,8 @@ HANDLERS = {
     "progress": _kvlab_only("progress", "a progress bar", neutral=False),
     "on_step": _kvlab_only("on_step", "a hook the lab's widgets read the pool through"),
     "offload_costs": _kvlab_only("offload_costs", "measured costs for preemption='auto'"),
-    "backend": _kvlab_only("backend", "kvlab's kernels ('torch' or 'triton'); vLLM picks its own attention backend"),
+    "backend": _kvlab_only("backend", "kvlab's attention kernels ('torch', 'triton' or 'cpu'); vLLM picks its own "
+                           "attention backend"),
     "max_seqs": _kvlab_only("max_seqs", "sizes kvlab's scale tables (vLLM: from max_num_seqs)"),
     "hash_fn": _hash_fn,
 }

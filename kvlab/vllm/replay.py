@@ -149,8 +149,8 @@ def run_if_available(out_dir=None, seed: int = 0, port: int = 8000, work_dir=Non
     report = {"device": device, "date": time.strftime("%Y-%m-%d"), "model": mapping.model, "seed": seed,
               "trace": sizes | {"arrival": "all-at-once"}, "work_dir": str(work), "config": config,
               "serve_command": mapping.serve_command(),
-              "bench_command": shlex.join(["vllm"] + bench_command(trace_path, len(requests), ours.block_size,
-                                                                   mapping.model, client_flags=mapping.bench_flags())[1:]),
+              "bench_command": shlex.join(bench_command(trace_path, len(requests), ours.block_size, mapping.model,
+                                                        client_flags=mapping.bench_flags())),
               "mapping": mapping.table(), "kvlab": _clean(ours.metrics()), "vllm": theirs.metrics,
               "vllm_meta": theirs.meta}
     save_result("vllm", report, out_dir)

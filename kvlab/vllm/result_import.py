@@ -69,8 +69,9 @@ def read_result(data: dict, where: str = "the vLLM result") -> VllmResult:
         raise ValueError(f"{where}: completed is 0 — every request failed (its 'errors' say why)")
     if rates["duration"] == 0:
         raise ValueError(f"{where}: duration is 0 s")
-    metrics = {"requests": counts["completed"], "failed": counts["failed"], "output_tokens": counts["total_output_tokens"],
-               "input_tokens": counts["total_input_tokens"], "duration_s": rates["duration"],
+    metrics = {"requests": counts["completed"], "failed": counts["failed"],
+               "output_tokens": counts["total_output_tokens"], "input_tokens": counts["total_input_tokens"],
+               "duration_s": rates["duration"],
                "throughput_tok_s": rates["output_throughput"], "request_throughput_req_s": rates["request_throughput"],
                "total_throughput_tok_s": rates["total_token_throughput"]}
     for metric in LATENCIES + ("e2el",):

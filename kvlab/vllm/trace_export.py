@@ -120,7 +120,8 @@ def load_timed_trace(path, block_size: int | None = None) -> list[TimedTraceEntr
             raise ValueError(f"timed_trace line {n} is {entry!r:.80}, not a JSON object")
         missing = [f for f in FIELDS if f not in entry]
         if missing:
-            raise ValueError(f"timed_trace line {n} has no {', '.join(missing)} (it has {', '.join(entry) or 'nothing'})")
+            raise ValueError(f"timed_trace line {n} has no {', '.join(missing)} "
+                             f"(it has {', '.join(entry) or 'nothing'})")
         timestamp = _number(n, "timestamp", entry["timestamp"], whole=False)
         lengths = [_number(n, f, entry[f], whole=True) for f in ("input_length", "output_length")]
         for name, value in zip(("input_length", "output_length"), lengths):
