@@ -6,8 +6,9 @@ builds PTX and a cubin on a CPU. This module compiles a covering set of the conf
 SmolLM2-135M and Llama-3-8B shapes) for sm_80, sm_89 and sm_90, and checks each compiled kernel (`problems`):
 
 * the attention products run on the tensor cores (`mma.sync` / `wgmma` in the PTX);
-* K/V tiles arrive by wide loads: 16-byte `cp.async` copies or `ld.global.v2/.v4`, at least the tile's bytes
-  per thread of them;
+* K/V tiles arrive by wide loads: `cp.async` copies or `ld.global.v2/.v4` of 8 bytes or more (or a thread's
+  whole share of a small tile), at least one K and one V tile's bytes per thread of them in the PTX, and the
+  narrower loads (block-table entries, scales) carry at most half as many bytes;
 * no register spills (ptxas: 0 bytes of spill stores);
 * shared memory within the target's per-block limit — or, for an autotune config over it, another config of
   the same launch that fits (the autotuner skips a config that does not fit, and needs one that does);
@@ -323,8 +324,9 @@ def bind(launch: Launch, config, target: str, drop_hints: bool = False):
 
 
 def jobs_for(cases: list[Case]) -> list[Job]:
+    """One job per distinct compile (Triton's cache key); a compile two cases share keeps the model's label."""
     jobs: dict[str, Job] = {}
-    for case in cases:
+    for case in sorted(cases, key=lambda c: c.label not in MODELS):
         with recorded_launches() as launches:
             FAMILIES[case.family].launch(case.shape)
         for launch in launches:
@@ -442,8 +444,9 @@ def row(job: Job, result: dict) -> dict:
     c = job.constexprs
     names = list(job.signature)
     value = {name: c.get((i,)) for i, name in enumerate(names)}
+    scale_group = _scheme(job.shape).group_size if job.family == "quant_decode" else None
     return {"family": job.family, "kernel": job.kernel.fn.__name__, "case": job.label, "target": job.target,
-            "config": job.config, "dtype": job.shape.dtype, "head_dim": job.shape.head_dim,
+            "config": job.config, "dtype": job.shape.dtype, "head_dim": job.shape.head_dim, "scale_group": scale_group,
             "tile_bytes_per_thread": tile_bytes_per_thread(job.family, value, job.shape, result),
             **result}
 
@@ -481,6 +484,12 @@ STATED = [
            "tf32 tensor cores"),
     Stated("compiles", lambda r: r["target"] == "sm_80" and r["case"] == "scheme=fp8" and "fp8e4nv" in r["error"],
            "float8 e4m3 needs compute capability 8.9; kvlab.cache.quantization.make_scheme refuses fp8 there"),
+    Stated("narrow_loads", lambda r: r["family"] == "quant_decode" and r["scale_group"] < r["head_dim"],
+           "quantized decode with scales in groups (int4, kivi2 values; int8 in groups takes the same path): "
+           "the codes arrive by "
+           "cp.async copies, but the [BLOCK_N, D] scale tile is gathered by 2-byte loads, each scale once per "
+           "channel of its group (L1 hits after the first) — 64 `ld.global.b16` a thread at BLOCK_N=32. Loading "
+           "[BLOCK_N, groups] and broadcasting in registers would cut them by the group size"),
     Stated("spills", lambda r: r["family"] in ATTENTION and r["registers"] == 255 and r["spill_store_bytes"] <= 512,
            "at ptxas's 255-register ceiling — the fp32 accumulator of a [BLOCK_M or BLOCK_G, D] tile, the query "
            "tile and the scores share the register file: prefill at head_dim 128, head_dim 256, query groups over "
@@ -520,10 +529,13 @@ def row_problems(r: dict) -> list[tuple[str, str]]:
     if r["family"] in ATTENTION and r["tile_bytes_per_thread"] is not None:
         if r["mma"] + r["wgmma"] == 0:
             out.append(("mma", "no tensor-core MMA instruction in the PTX"))
-        wide = wide_bytes(r)
+        wide, narrow = wide_bytes(r), narrow_bytes(r)
         if wide < r["tile_bytes_per_thread"]:
             out.append(("wide_loads", f"K/V tiles: {wide} B per thread by wide loads or copies, "
                                       f"{r['tile_bytes_per_thread']} B needed (loads {r['loads']})"))
+        if narrow > wide / 2:
+            out.append(("narrow_loads", f"{narrow} B per thread by narrow loads beside {wide} B by wide ones "
+                                        f"(loads {r['loads']}, copies {r['copies']})"))
     if r["spill_store_bytes"] or r["spill_load_bytes"]:
         out.append(("spills", f"{r['spill_store_bytes']} B spill stores, {r['spill_load_bytes']} B spill loads "
                               f"({r['registers']} registers)"))
@@ -534,9 +546,16 @@ def row_problems(r: dict) -> list[tuple[str, str]]:
 
 def wide_bytes(r: dict) -> int:
     """Bytes per thread the PTX moves from global memory by wide instructions: 8 bytes or more, or a thread's
-    whole share of one tile when that is smaller (a 16-channel int8 tile gives each thread 4 bytes)."""
+    whole share of one tile when that is smaller (a 16-channel int8 tile gives each thread 4 bytes). A static
+    count: a pipelined loop's prologue counts too."""
     wide = min(8, r["tile_bytes_per_thread"] // 2)
     return sum(int(n) * k for part in ("loads", "copies") for n, k in r[part].items() if int(n) >= wide)
+
+
+def narrow_bytes(r: dict) -> int:
+    """Bytes per thread of the other global loads and copies (static count, as wide_bytes)."""
+    wide = min(8, r["tile_bytes_per_thread"] // 2)
+    return sum(int(n) * k for part in ("loads", "copies") for n, k in r[part].items() if int(n) < wide)
 
 
 def over_shared_limit(r: dict) -> bool:
@@ -608,14 +627,6 @@ def summary_markdown(rows: list[dict], seconds: float | None = None) -> str:
                      f"{r['spill_store_bytes']} | {r['shared_bytes']}{' (over)' if over_shared_limit(r) else ''} | "
                      f"{r['mma'] + r['wgmma'] if needed else '—'} | "
                      f"{f'{wide_bytes(r)} / {needed}' if needed else '—'} |")
-    grouped = [r for r in ok if r["family"] == "quant_decode" and r["loads"].get("2", 0) >= 32]
-    if grouped:
-        lines += ["", "## Findings", "",
-                  f"- quantized decode with grouped scales ({len(grouped)} compiles: int4, kivi2, int8 in groups): "
-                  f"the codes arrive by cp.async copies, but each scale is gathered by 2-byte loads once per channel "
-                  f"of its group ({'–'.join(sorted({str(r['loads']['2']) for r in grouped}, key=int))} "
-                  "`ld.global.b16` a thread per tile, L1 hits after the first): more load instructions than the "
-                  "codes' bytes need. Whole-head scales (int8, fp8) are one 2-byte load per token."]
     lines += ["", "## Stated exceptions", ""]
     for s in STATED:
         hit = [r for r in rows if (s.check == "compiles") == bool(r["error"]) and s.applies(r)]

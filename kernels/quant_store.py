@@ -116,7 +116,7 @@ def _quantize_key_blocks_kernel(
     j = tl.arange(0, SUB)
     tokens = x_ptr + ((first + t) * stride_xn + head * stride_xh)[:, None]  # [BLOCK_SIZE, 1]
     packed = tl.zeros([BLOCK_SIZE, SUB], tl.int32)
-    for i in tl.static_range(PACK):  # byte position i holds channels i·SUB … (i+1)·SUB − 1: one slice at a time
+    for i in range(PACK):  # byte position i holds channels i·SUB … (i+1)·SUB − 1: one slice at a time
         x = tl.load(tokens + i * SUB + j[None, :]).to(tl.float32)  # [BLOCK_SIZE, SUB]
         low = tl.maximum(tl.min(x, 0), -FP16_MAX).to(tl.float16).to(tl.float32)  # [SUB] per channel
         scale = tl.minimum((tl.max(x, 0) - low) / QMAX, FP16_MAX).to(tl.float16).to(tl.float32)

@@ -74,9 +74,13 @@ def test_decode_and_prefill_products_run_on_tensor_cores_except_fp32(report):
 
 
 def test_kv_tiles_arrive_by_wide_loads(report):
+    narrow = []
     for r in rows_of(report, *aot.ATTENTION):
         if r["tile_bytes_per_thread"] is not None:
             assert aot.wide_bytes(r) >= r["tile_bytes_per_thread"], r
+            if aot.narrow_bytes(r) > aot.wide_bytes(r) / 2:
+                narrow.append(r)
+    assert narrow and all(aot.stated("narrow_loads", r) for r in narrow)  # grouped scales, gathered (stated)
     decode = [r for r in rows_of(report, "decode") if r["tile_bytes_per_thread"] is not None]
     for r in decode:  # asynchronous copies as wide as a thread's share of a tile allows, up to 16 bytes
         assert max(map(int, r["copies"]), default=0) >= min(16, r["tile_bytes_per_thread"] // 2), r
