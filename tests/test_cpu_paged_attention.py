@@ -101,6 +101,22 @@ def test_bad_input_is_refused_naming_the_value(case):
         cpu_paged_decode_attention(**args)
 
 
+VALUE_ERRORS = ["empty context", "context past the table", "block past the pool", "negative block"]
+
+
+@pytest.mark.parametrize("case", VALUE_ERRORS)
+def test_without_the_python_checks_the_cpp_still_refuses_bad_values_naming_them(case):
+    change, message = DECODE_ERRORS[case]
+    with pytest.raises(ValueError, match=re.escape(message)):
+        cpu_paged_decode_attention(**_decode_inputs(**change), check=False)
+
+
+def test_without_the_python_checks_the_cpp_still_refuses_a_bad_shape():
+    args = _decode_inputs(query=lambda a: torch.randn(3, 5, 16))  # 5 query heads over 2 KV heads
+    with pytest.raises(RuntimeError, match="paged_decode: shapes"):
+        cpu_paged_decode_attention(**args, check=False)
+
+
 @pytest.mark.parametrize("num_splits", [0, -2, 1.5, True])
 def test_a_bad_num_splits_is_refused(num_splits):
     with pytest.raises(ValueError, match=re.escape(f"num_splits = {num_splits!r} must be a positive integer")):

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
 
         device = torch.device(args.device)
         gpu = device.type == "cuda"
-        batches = args.batches or ([1, 4, 16, 64] if gpu else [1, 4])
+        batches = args.batches or ([1, 4, 16, 64] if gpu else [1, 4, 16])
         contexts = args.contexts or ([1024, 8192, 32768, 131072] if gpu else [256, 1024, 4096])
         report = decode.run(device, batches, contexts, args.block_size, torch.bfloat16 if gpu else torch.float32)
         decode.print_table(report)

@@ -100,7 +100,8 @@ def cpu_contenders(query, k_pool, v_pool, tables, lens, k_contig, v_contig) -> d
     (where the extension loads), the torch gather path."""
     fns = {"sdpa": lambda: sdpa_decode(query, k_contig, v_contig)}
     if cpu_paged_attention.available():
-        fns["kernel"] = lambda: cpu_paged_attention.cpu_paged_decode_attention(query, k_pool, v_pool, tables, lens)
+        fns["kernel"] = lambda: cpu_paged_attention.cpu_paged_decode_attention(query, k_pool, v_pool, tables, lens,
+                                                                               check=False)  # as the cache calls it
     fns["gather"] = lambda: torch_paged_decode(query, k_pool, v_pool, tables, lens)
     return fns
 

@@ -234,7 +234,7 @@ class PagedCache(KVCache):
             from kvlab.kernels.cpu_paged_attention import cpu_paged_decode_attention
 
             out = cpu_paged_decode_attention(q[:, 0], self.k_pools[layer], self.v_pools[layer], self._table,
-                                             self._kv_lens)  # [B, Hq, D]
+                                             self._kv_lens, check=False)  # [B, Hq, D]
             return out.unsqueeze(1)
         k, v = self.gather(layer)
         return attend_masked(q, k, v, step.attention_mask(k.shape[1]))
