@@ -26,12 +26,14 @@ import json
 import os
 import pathlib
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from . import quant_speed
 from .results import result_path
 
 DEADLINE_S = 570  # the whole check, inside the 10 minutes a GPU lease gives one command
@@ -51,7 +53,7 @@ class Step:
 @dataclass
 class StepResult:
     name: str
-    status: str  # "passed", "failed", "timed out", "skipped"
+    status: str  # "passed", "failed", "timed out", "skipped" (a prerequisite is missing), "not run" (deadline)
     seconds: float = 0.0
     reason: str = ""
     output_tail: str = ""
@@ -73,23 +75,29 @@ class Target:
         return "✓" if self.ok else ("✗" if self.ok is False else "–")
 
 
-BENCHMARKS = [  # (kind, extra arguments, seconds): GPU sizes are each benchmark's own defaults on CUDA
-    ("decode", (), 60, ("cuda",)),
-    ("quant", (), 75, ("cuda", "model")),
-    ("gqa", (), 20, ("cuda",)),
-    ("roofline", (), 45, ("cuda", "model")),
-    ("prefix", (), 25, ("cuda", "model")),
-    ("serve", (), 70, ("cuda", "model")),
-    ("spec", (), 45, ("cuda", "model")),
-    ("offload", (), 45, ("cuda", "model")),
+# Each step's limit. Together they fit DEADLINE_S (tests/test_gpu_check.py checks it): the serial steps, then
+# ceil(notebooks / NOTEBOOK_WORKERS) rounds of NOTEBOOK_S, then the vLLM replay. None has run on a GPU yet:
+# a step past its limit is ✗ "timed out", and its limit (or its sizes) is what the next GPU session resizes.
+BENCHMARKS = [  # (kind, extra arguments, seconds, prerequisites): GPU sizes are each benchmark's own CUDA defaults
+    ("decode", (), 40, ("cuda",)),
+    ("quant", (), 50, ("cuda", "model")),
+    ("gqa", (), 15, ("cuda",)),
+    ("roofline", (), 30, ("cuda", "model")),
+    ("prefix", (), 20, ("cuda", "model")),
+    ("serve", (), 40, ("cuda", "model")),
+    ("spec", (), 30, ("cuda", "model")),
+    ("offload", (), 30, ("cuda", "model")),
 ]
 KERNEL_TESTS = ("tests/test_kernels.py", "tests/test_quant_kernels.py")
+KERNEL_TESTS_S = 60
+NOTEBOOK_S = 55
+VLLM_S = 90
 
 
 def plan(python: str = sys.executable) -> list[Step]:
     """Every step of the check, in order (the notebooks and the vLLM replay are run by run_check itself)."""
     steps = [Step("kernel tests", (python, "-m", "pytest", *KERNEL_TESTS, "-k", "cuda", "-q", "-p", "no:cacheprovider"),
-                  90, ("cuda",))]
+                  KERNEL_TESTS_S, ("cuda",))]
     for kind, extra, seconds, needs in BENCHMARKS:
         steps.append(Step(f"{kind} benchmark", (python, "-m", "kvlab.bench", kind, *extra), seconds, needs, kind))
     return steps
@@ -102,7 +110,7 @@ def notebook_paths(folder: pathlib.Path = NOTEBOOKS) -> list[pathlib.Path]:
 def notebook_step(notebook: pathlib.Path, scratch: pathlib.Path, python: str = sys.executable) -> Step:
     return Step(f"notebook {notebook.stem}", (python, "-m", "papermill", "--cwd", str(notebook.parent), str(notebook),
                                               str(scratch / notebook.name), "-p", "DEVICE", "cuda"),
-                240, ("cuda", "model", "papermill"))
+                NOTEBOOK_S, ("cuda", "model", "papermill"))
 
 
 def available() -> dict[str, str | None]:
@@ -121,7 +129,18 @@ def available() -> dict[str, str | None]:
         "model": model,
         "papermill": None if importlib.util.find_spec("papermill") else "papermill is not installed (pip install '.[lab]')",
         "vllm": None if importlib.util.find_spec("vllm") else "vLLM is not installed (GPU machines only: pip install vllm)",
+        "checkpoint": _checkpoint_missing(),
     }
+
+
+def _checkpoint_missing() -> str | None:
+    """vLLM serves the Hugging Face checkpoint, not the GGUF file: on a machine without a network it must be cached."""
+    if not importlib.util.find_spec("vllm"):
+        return "vLLM is not installed"
+    from kvlab.vllm import replay
+
+    check = getattr(replay, "checkpoint_missing", None)
+    return check() if check is not None else None
 
 
 def run_step(step: Step, missing: dict[str, str | None], deadline: float, env: dict[str, str]) -> StepResult:
@@ -130,20 +149,37 @@ def run_step(step: Step, missing: dict[str, str | None], deadline: float, env: d
         return StepResult(step.name, "skipped", reason="; ".join(reasons))
     left = deadline - time.monotonic()
     if left < 5:
-        return StepResult(step.name, "skipped", reason="no time left under the check's deadline")
+        return StepResult(step.name, "not run", reason="no time left under the check's deadline")
     limit = min(step.timeout_s, left)
     started = time.monotonic()
+    # its own process group: at the limit the step and everything it started (a vLLM server) are stopped together
+    process = subprocess.Popen(step.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                               start_new_session=True)
     try:
-        done = subprocess.run(step.argv, capture_output=True, text=True, timeout=limit, env=env)
-    except subprocess.TimeoutExpired as err:
-        tail = (err.stdout or b"")[-2000:]
+        output, _ = process.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        output = _stop_group(process)
         return StepResult(step.name, "timed out", time.monotonic() - started, f"stopped at its limit of {limit:.0f} s",
-                          tail.decode(errors="replace") if isinstance(tail, bytes) else tail)
+                          output[-2000:])
     seconds = time.monotonic() - started
-    tail = (done.stdout + done.stderr)[-2000:]
-    if done.returncode != 0:
-        return StepResult(step.name, "failed", seconds, f"exit status {done.returncode}", tail)
-    return StepResult(step.name, "passed", seconds, output_tail=tail)
+    if process.returncode != 0:
+        return StepResult(step.name, "failed", seconds, f"exit status {process.returncode}", output[-2000:])
+    return StepResult(step.name, "passed", seconds, output_tail=output[-2000:])
+
+
+def _stop_group(process: subprocess.Popen, grace_s: float = 10.0) -> str:
+    """SIGTERM to the step's process group (a step's own cleanup runs: a server it started is stopped), then
+    SIGKILL after grace_s. Returns what the step printed."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            return process.communicate(timeout=grace_s)[0] or ""
+        except subprocess.TimeoutExpired:
+            continue
+    return process.communicate()[0] or ""
 
 
 # ---- the GPU targets, read off the results the benchmarks just wrote ----------------------------------------
@@ -151,6 +187,7 @@ DECODE_BANDWIDTH = 0.90  # paged decode at context ≥ 8K and batch ≥ 16: of t
 DECODE_VS_SDPA = 1.0  # … and no slower than SDPA over a contiguous cache
 LONG_BATCH1 = 0.75  # batch 1 at 128K tokens: of the copy bandwidth
 LONG_CONTEXT_QUANT = 16384  # the quantized kernels' time targets are for long contexts (kvlab.bench.quant_speed)
+QUANT_TARGETS = quant_speed.TARGETS
 
 
 def targets(decode: dict | None, quant: dict | None) -> list[Target]:
@@ -173,7 +210,7 @@ def targets(decode: dict | None, quant: dict | None) -> list[Target]:
     out.append(Target("paged decode bandwidth, batch 1 at 128K", f"≥ {LONG_BATCH1:.0%} of copy",
                       f"{long[0]['fraction_of_copy']:.0%}" if long else "not measured",
                       long[0]["fraction_of_copy"] >= LONG_BATCH1 if long else None))
-    for scheme, limit in (quant or {}).get("targets", {"int8": 0.55, "int4": 0.30}).items():
+    for scheme, limit in QUANT_TARGETS.items():
         rows = [r for r in (quant or {}).get("rows", []) if r["scheme"] == scheme and r["context"] >= LONG_CONTEXT_QUANT]
         worst = max(rows, key=lambda r: r["time_vs_baseline"]) if rows else None
         out.append(Target(f"{scheme} decode time vs bf16, context ≥ {LONG_CONTEXT_QUANT // 1024}K", f"≤ {limit:.2f}×",
@@ -215,22 +252,38 @@ def run_check(only: list[str] | None = None, deadline_s: float = DEADLINE_S, scr
     env["PYTHONUNBUFFERED"] = "1"
     scratch = scratch or pathlib.Path("/tmp/kvlab-gpu-check")
     scratch.mkdir(parents=True, exist_ok=True)
-    steps = plan(python) + [notebook_step(nb, scratch, python) for nb in notebook_paths()]
-    steps = [s for s in steps if not only or any(s.name.startswith(o) for o in only)]
-    serial = [s for s in steps if not s.name.startswith("notebook")]
+    steps = select(all_steps(scratch, python), only)
+    serial = [s for s in steps if not s.name.startswith("notebook") and s.name != "vllm replay"]
     notebooks = [s for s in steps if s.name.startswith("notebook")]
-    results = []
-    for step in serial:  # one at a time: the benchmarks' timings must not share the GPU
-        results.append(run_step(step, missing, deadline, env))
-        progress(f"{results[-1].mark} {step.name}: {results[-1].status} in {results[-1].seconds:.0f} s {results[-1].reason}")
+    last = [s for s in steps if s.name == "vllm replay"]
+
+    def report(result: StepResult) -> StepResult:
+        progress(f"{result.mark} {result.name}: {result.status} in {result.seconds:.0f} s {result.reason}")
+        return result
+
+    results = [report(run_step(step, missing, deadline, env)) for step in serial]  # the benchmarks, alone on the GPU
     with ThreadPoolExecutor(NOTEBOOK_WORKERS) as pool:
-        for result in pool.map(lambda s: run_step(s, missing, deadline, env), notebooks):
-            results.append(result)
-            progress(f"{result.mark} {result.name}: {result.status} in {result.seconds:.0f} s {result.reason}")
-    if not only or any("vllm replay".startswith(o) for o in only):
-        results.append(run_step(vllm_step(scratch, python), missing, deadline, env))
-        progress(f"{results[-1].mark} vllm replay: {results[-1].status} in {results[-1].seconds:.0f} s {results[-1].reason}")
-    return device, results, targets(_read("decode", device), _read("quant", device))
+        results += [report(r) for r in pool.map(lambda s: run_step(s, missing, deadline, env), notebooks)]
+    results += [report(run_step(step, missing, deadline, env)) for step in last]
+    passed = {r.name for r in results if r.status == "passed"}  # a target is read only off what this run measured
+    decode = _read("decode", device) if "decode benchmark" in passed else None
+    quant = _read("quant", device) if "quant benchmark" in passed else None
+    return device, results, targets(decode, quant)
+
+
+def all_steps(scratch: pathlib.Path, python: str = sys.executable) -> list[Step]:
+    return plan(python) + [notebook_step(nb, scratch, python) for nb in notebook_paths()] + [vllm_step(scratch, python)]
+
+
+def select(steps: list[Step], only: list[str] | None) -> list[Step]:
+    """The steps whose names start with one of `only` (all of them for None); a prefix matching none is refused."""
+    if not only:
+        return steps
+    unmatched = [o for o in only if not any(s.name.startswith(o) for s in steps)]
+    if unmatched:
+        raise ValueError(f"--only {' '.join(unmatched)} matches no step; the steps are: "
+                         f"{', '.join(s.name for s in steps)}")
+    return [s for s in steps if any(s.name.startswith(o) for o in only)]
 
 
 def vllm_step(scratch: pathlib.Path, python: str = sys.executable) -> Step:
@@ -238,7 +291,7 @@ def vllm_step(scratch: pathlib.Path, python: str = sys.executable) -> Step:
     benchmarks/results/vllm_<device>.json; run last, with what time is left."""
     code = ("import sys; from kvlab.vllm.replay import run_if_available; "
             f"report = run_if_available(work_dir={str(scratch / 'vllm')!r}); sys.exit(0 if report else 3)")
-    return Step("vllm replay", (python, "-c", code), 300, ("cuda", "model", "vllm"), "vllm")
+    return Step("vllm replay", (python, "-c", code), VLLM_S, ("cuda", "model", "vllm", "checkpoint"), "vllm")
 
 
 def copy_results(summary: pathlib.Path, target: pathlib.Path, scratch: pathlib.Path) -> list[pathlib.Path]:
@@ -271,10 +324,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.deadline_s <= 0:
         parser.error(f"--deadline-s must be positive, got {args.deadline_s}")
+    try:
+        select(all_steps(pathlib.Path("<scratch>")), args.only)
+    except ValueError as err:
+        parser.error(str(err))
     missing = available()
     if args.dry_run:
-        scratch = pathlib.Path("<scratch>")
-        for step in plan() + [notebook_step(nb, scratch) for nb in notebook_paths()] + [vllm_step(scratch)]:
+        for step in select(all_steps(pathlib.Path("<scratch>")), args.only):
             reasons = [missing[n] for n in step.needs if missing.get(n)]
             print(f"{step.name:<32} ≤ {step.timeout_s:>3} s  {'skip: ' + '; '.join(reasons) if reasons else 'ready'}")
         return 0
