@@ -119,7 +119,8 @@ def load_gemv():
         except Exception as err:  # no compiler, no ninja, a read-only cache: the lab still runs, slower
             warnings.warn(f"kvlab: the CPU matrix-vector kernel could not be built ({type(err).__name__}: "
                           f"{str(err).splitlines()[0] if str(err) else ''}); using F.linear, which decodes about "
-                          f"4× slower on a CPU", RuntimeWarning, stacklevel=2)
+                          f"4× slower on a CPU, and the paged cache's torch gather path for decode attention",
+                          RuntimeWarning, stacklevel=2)
     _loaded["module"] = module
     return module
 
