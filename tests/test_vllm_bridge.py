@@ -1,6 +1,8 @@
 """The bridge to vLLM: every kvlab knob mapped to a vLLM engine argument or noted, the values converted, the flags
 read back (by vLLM's own parser where vLLM is installed), a trace exported as vLLM's timed_trace with the same
-arrival times and lengths, a `vllm bench serve` result read into kvlab's names — and bad input named.
+arrival times and lengths, a `vllm bench serve` result read into kvlab's names — and bad input named. The replay
+runs against a stand-in for the `vllm` command line: its server is stopped however the replay ends (SIGTERM too),
+and a result with failed requests is refused.
 
 The result fixture tests/data/vllm_bench_serve_result.json has the fields vllm/benchmarks/serve.py writes with
 --save-result and `--percentile-metrics ttft,tpot,itl,e2el --metric-percentiles 50,99` (without --save-detailed);
@@ -9,25 +11,33 @@ from __future__ import annotations
 
 import inspect
 import json
-import math
+import os
 import pathlib
 import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from kvlab import traces
-from kvlab.cache import LAYOUT_OPTIONS, chain_hash
+from kvlab.cache import LAYOUT_OPTIONS
 from kvlab.engine import Request, ServeResult, StepClock, serve
 from kvlab.memory import GiB, kv_bytes_per_token
 from kvlab.viz.vllm_figures import KIND_COLOURS, NO_VLLM, comparison_figure, mapping_table_html
 from kvlab.vllm import flag, load_result, load_timed_trace, map_config, parse_flags, read_result, save_timed_trace
 from kvlab.vllm.args import knob_defaults
 from kvlab.vllm.knobs import KINDS
-from kvlab.vllm.replay import GPU_CONFIG, replay, run_if_available, vllm_available, vllm_installed
+from kvlab.vllm import replay as replay_module
+from kvlab.vllm.replay import (GPU_CONFIG, GPU_TRACE, checkpoint_missing, free_port, replay, replay_commands,
+                               run_if_available, vllm_installed)
 from kvlab.vllm.trace_export import bench_command, timed_trace_entries
 
 FIXTURE = pathlib.Path(__file__).parent / "data" / "vllm_bench_serve_result.json"
-NOTEBOOK_08_GPU = GPU_CONFIG | {"num_blocks": 5248}  # section 2 on a GPU, with the pool kvlab sized
+NOTEBOOK_08_GPU = GPU_CONFIG | {"num_blocks": 5248, "block_size": 16}  # section 2 on a GPU, the pool kvlab sized
 CONFIGS = {
     "notebook 08 on a GPU": NOTEBOOK_08_GPU,
     "prefix cache, small pool": {"cache": "prefix", "block_size": 16, "num_blocks": 512, "max_num_seqs": 8,
@@ -52,9 +62,10 @@ def test_every_knob_of_kvlab_serve_and_its_layouts_is_mapped_or_noted():
 
 def test_notebook_08s_gpu_configuration_becomes_the_engine_args_it_means():
     args = map_config(NOTEBOOK_08_GPU, dtype="bfloat16").engine_args()
-    assert args == {"enable_prefix_caching": False, "block_size": 16, "num_gpu_blocks_override": 5248,
-                    "kv_cache_dtype": "auto", "max_num_seqs": 64, "max_num_batched_tokens": 2048,
-                    "enable_chunked_prefill": True, "scheduling_policy": "fcfs", "dtype": "bfloat16"}
+    assert args == {"enable_prefix_caching": False, "block_size": 16, "num_gpu_blocks_override": 5248 + 1,
+                    "kv_cache_dtype": "auto", "max_num_seqs": GPU_CONFIG["max_num_seqs"],
+                    "max_num_batched_tokens": GPU_CONFIG["max_num_batched_tokens"], "enable_chunked_prefill": True,
+                    "scheduling_policy": "fcfs", "dtype": "bfloat16"}
     assert map_config(NOTEBOOK_08_GPU).bench_flags() == ["--temperature", "0.0", "--ignore-eos"]
 
 
@@ -78,12 +89,14 @@ def test_ngram_speculation_becomes_a_speculative_config_with_the_same_k_and_matc
     assert spec == {"method": "ngram", "num_speculative_tokens": 5, "prompt_lookup_max": 4, "prompt_lookup_min": 2}
 
 
-def test_pool_size_is_exact_as_a_block_count_and_a_memory_share_as_a_share():
-    assert map_config({"num_blocks": 1000}).engine_args()["num_gpu_blocks_override"] == 1000
+def test_pool_size_is_exact_as_a_block_count_plus_vllms_null_block_and_a_memory_share_as_a_share():
+    mapping = map_config({"num_blocks": 1000})
+    assert mapping.engine_args()["num_gpu_blocks_override"] == 1001  # vLLM's BlockPool never hands out block 0
+    assert "null block" in mapping.row("num_blocks").note
     total, weights = 80 * GiB, 270_000_000
     share = map_config({"num_blocks": 1000}, pool_as="gpu_memory_utilization", gpu_memory_bytes=total,
                        weight_bytes=weights).engine_args()["gpu_memory_utilization"]
-    expected = (weights + 1000 * 16 * kv_bytes_per_token("SmolLM2-135M", "bfloat16")) / total
+    expected = (weights + 1001 * 16 * kv_bytes_per_token("SmolLM2-135M", "bfloat16")) / total
     assert expected <= share < expected + 1e-4
     with pytest.raises(ValueError, match="num_blocks=10000000"):
         map_config({"num_blocks": 10_000_000}, pool_as="gpu_memory_utilization", gpu_memory_bytes=total,
@@ -140,12 +153,32 @@ def test_engine_args_refuse_every_knob_vllm_cannot_serve_and_the_table_still_sho
     assert flag("max_num_seqs", 4) == ["--max-num-seqs", "4"]
 
 
-@pytest.mark.parametrize("config, named", [({"blok_size": 16}, "blok_size"), ({"block_size": 12}, "block_size"),
-                                           ({"chunked_prefill": False}, "chunked_prefill"),
-                                           ({"max_num_seqs": 0}, "max_num_seqs"), ({"policy": "fifo"}, "fifo")])
-def test_a_bad_knob_or_value_is_named(config, named):
+@pytest.mark.parametrize("config, named", [
+    ({"blok_size": 16}, "blok_size"), ({"block_size": 12}, "block_size"),
+    ({"chunked_prefill": False}, "chunked_prefill"), ({"max_num_seqs": 0}, "max_num_seqs"),
+    ({"policy": "fifo"}, "fifo"),
+    ({"cache": "quantized", "group_size": 12}, "group_size 12"),
+    ({"cache": "quantized", "scheme": "int4", "group_size": 7}, "group_size 7"),
+    ({"cache": "quantized", "scheme": "int3"}, "int3"), ({"group_size": 16}, "group_size"),
+    ({"seed": "abc"}, "seed"), ({"temperature": -1}, "temperature"), ({"temperature": "hot"}, "temperature"),
+    ({"top_p": 0}, "top_p"), ({"speculative_options": {"max_m": 2}, "speculative": "ngram"}, "max_m"),
+    ({"speculative_options": {"min_n": 2}}, "speculative="),
+    ({"speculative": "ngram", "speculative_options": {"min_n": 4, "max_n": 2}}, "min_n=4")])
+def test_a_bad_knob_or_value_is_refused_as_kvlab_refuses_it_naming_it(config, named):
     with pytest.raises(ValueError, match=named):
         map_config(config)
+
+
+@pytest.mark.parametrize("options, named", [({"gpu_memory_bytes": 0, "weight_bytes": 1}, "gpu_memory_bytes"),
+                                            ({"gpu_memory_bytes": GiB, "weight_bytes": -1}, "weight_bytes")])
+def test_byte_counts_must_be_positive_integers(options, named):
+    with pytest.raises(ValueError, match=named):
+        map_config({"num_blocks": 8}, pool_as="gpu_memory_utilization", **options)
+
+
+def test_asking_for_an_unknown_knobs_row_names_it():
+    with pytest.raises(ValueError, match="'blok'"):
+        map_config().row("blok")
 
 
 # --- the trace ----------------------------------------------------------------------------------------------
@@ -211,11 +244,11 @@ def test_the_bench_command_replays_the_file_at_its_own_times():
 
 @pytest.mark.parametrize("line, named", [
     ({"input_length": 16, "output_length": 4, "hash_ids": [0]}, "timestamp"),
-    ({"timestamp": -0.5, "input_length": 16, "output_length": 4, "hash_ids": [0]}, "timestamp -0.5"),
-    ({"timestamp": 0, "input_length": 16, "output_length": -4, "hash_ids": [0]}, "output_length -4"),
+    ({"timestamp": -0.5, "input_length": 16, "output_length": 4, "hash_ids": [0]}, "timestamp is -0.5"),
+    ({"timestamp": 0, "input_length": 16, "output_length": -4, "hash_ids": [0]}, "output_length is -4"),
     ({"timestamp": 0, "input_length": 16, "output_length": 0, "hash_ids": [0]}, "output_length"),
     ({"timestamp": 0, "input_length": 40, "output_length": 4, "hash_ids": [0, 1]}, "input_length 40"),
-    ({"timestamp": 0, "input_length": 16, "output_length": 4, "hash_ids": [-3]}, "hash_ids -3"),
+    ({"timestamp": 0, "input_length": 16, "output_length": 4, "hash_ids": [-3]}, "hash_ids is -3"),
     ({"timestamp": "soon", "input_length": 16, "output_length": 4, "hash_ids": [0]}, "timestamp")])
 def test_a_trace_file_with_a_missing_or_negative_field_is_refused_naming_it(tmp_path, line, named):
     path = tmp_path / "bad.jsonl"
@@ -257,7 +290,8 @@ def test_a_result_with_the_default_percentiles_only_still_reads():
 @pytest.mark.parametrize("change, named", [
     ({"mean_ttft_ms": None}, "'mean_ttft_ms'"), ({"p99_itl_ms": -3.0}, "p99_itl_ms is -3.0"),
     ({"median_tpot_ms": float("nan")}, "median_tpot_ms is nan"), ({"duration": "2.5"}, "duration is '2.5'"),
-    ({"completed": 0}, "completed is 0"), ({"total_output_tokens": 12.5}, "total_output_tokens is 12.5")])
+    ({"completed": 0}, "completed is 0"), ({"total_output_tokens": 12.5}, "total_output_tokens is 12.5"),
+    ({"mean_e2el_ms": None}, "'mean_e2el_ms'")])  # e2el is optional, but not one statistic without the others
 def test_a_result_with_a_missing_or_bad_field_is_refused_naming_it(tmp_path, change, named):
     raw = json.loads(FIXTURE.read_text())
     for key, value in change.items():
@@ -284,15 +318,161 @@ def test_the_comparison_draws_kvlab_alone_with_the_note_when_no_vllm_run_is_reco
     assert list(both.data[2].y) == pytest.approx([48, 70, 12, 16, 11.5, 21])
 
 
+# A stand-in for the `vllm` command line: `serve` answers /health on its --port (and ignores SIGTERM, as a server
+# slow to stop), `bench serve` writes the fixture as its result — all requests done, one failed, or it hangs.
+FAKE_VLLM = r"""
+import http.server, json, os, pathlib, signal, sys, time
+args = sys.argv[1:]
+state = pathlib.Path(os.environ["FAKE_VLLM_STATE"])
+def arg(name):
+    return args[args.index(name) + 1]
+if args[0] == "serve":
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    (state / "server.pid").write_text(str(os.getpid()))
+    (state / "server.env").write_text(os.environ.get("HF_HUB_OFFLINE", "unset"))
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200 if self.path == "/health" else 404)
+            self.end_headers()
+        def log_message(self, *_):
+            pass
+    http.server.HTTPServer((arg("--host"), int(arg("--port"))), Health).serve_forever()
+mode = os.environ["FAKE_VLLM_BENCH"]
+if mode == "hang":
+    (state / "bench.started").write_text("")
+    time.sleep(600)
+n = int(arg("--num-prompts"))
+result = json.loads(pathlib.Path(os.environ["FAKE_VLLM_RESULT"]).read_text())
+result |= {"completed": n - (mode == "fail"), "failed": int(mode == "fail")}
+pathlib.Path(arg("--result-dir"), arg("--result-filename")).write_text(json.dumps(result))
+"""
+SMALL_POOL = {"cache": "paged", "num_blocks": 64, "block_size": 16}
+
+
+def fake_vllm(tmp_path, monkeypatch, bench: str) -> pathlib.Path:
+    script = tmp_path / "fake_vllm.py"
+    script.write_text(FAKE_VLLM)
+    monkeypatch.setenv("FAKE_VLLM_STATE", str(tmp_path))
+    monkeypatch.setenv("FAKE_VLLM_BENCH", bench)
+    monkeypatch.setenv("FAKE_VLLM_RESULT", str(FIXTURE))
+    monkeypatch.setattr(replay_module, "VLLM_CLI", [sys.executable, str(script)])
+    monkeypatch.setattr(replay_module, "vllm_installed", lambda: True)
+    monkeypatch.setattr(replay_module, "STOP_GRACE_S", 0.5)
+    return script
+
+
+def small_replay(tmp_path):
+    trace = save_timed_trace(tmp_path / "trace.jsonl", prompts_sharing_a_prefix(), 16)
+    return replay_commands(SMALL_POOL, trace, 2048, free_port(), tmp_path / "out")
+
+
+def server_gone(tmp_path) -> bool:
+    try:
+        os.kill(int((tmp_path / "server.pid").read_text()), 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_the_replays_commands_serve_with_max_model_len_and_replay_the_written_file(tmp_path):
+    commands = small_replay(tmp_path)
+    serve, bench = dict(zip(commands.serve, commands.serve[1:])), dict(zip(commands.bench, commands.bench[1:]))
+    assert serve["--max-model-len"] == str(64 * 16) and serve["--port"] == str(commands.port)
+    assert serve["--num-gpu-blocks-override"] == "65"
+    assert bench["--dataset-path"] == str(tmp_path / "trace.jsonl") and bench["--num-prompts"] == "4"
+    assert bench["--base-url"] == f"http://127.0.0.1:{commands.port}"
+    assert commands.result_path == tmp_path / "out" / "vllm_bench.json"
+    assert str(commands).splitlines() == [shlex.join(commands.serve), shlex.join(commands.bench)]
+
+
+@pytest.mark.parametrize("bench, refused", [("ok", None),
+                                            ("fail", "completed 3 of the trace's 4 requests and 1 failed")])
+def test_a_replay_reads_the_result_offline_refuses_failed_requests_and_stops_its_server(tmp_path, monkeypatch,
+                                                                                        bench, refused):
+    fake_vllm(tmp_path, monkeypatch, bench)
+    commands = small_replay(tmp_path)
+    if refused:
+        with pytest.raises(RuntimeError, match=refused):
+            replay(commands)
+    else:
+        assert replay(commands).metrics["requests"] == 4
+    assert (tmp_path / "server.env").read_text() == "1"  # HF_HUB_OFFLINE: the server downloads nothing
+    assert server_gone(tmp_path)  # stopped by SIGKILL: the fake ignores SIGTERM
+
+
+def test_a_replay_with_no_time_left_before_its_deadline_starts_no_server(tmp_path, monkeypatch):
+    fake_vllm(tmp_path, monkeypatch, "ok")
+    with pytest.raises(RuntimeError, match="no time left for `vllm serve` to start"):
+        replay(small_replay(tmp_path), deadline=time.monotonic() + replay_module.STOP_GRACE_S)
+    assert not (tmp_path / "server.pid").exists()
+
+
+def test_a_replay_stopped_by_sigterm_stops_its_server_too(tmp_path, monkeypatch):
+    script = fake_vllm(tmp_path, monkeypatch, "hang")
+    small_replay(tmp_path)  # the trace file
+    child = ("import pathlib, sys; from kvlab.vllm import replay as r; "
+             f"r.VLLM_CLI = [sys.executable, {str(script)!r}]; r.vllm_installed = lambda: True; r.STOP_GRACE_S = 0.5; "
+             f"p = pathlib.Path({str(tmp_path)!r}); "
+             f"r.replay(r.replay_commands({SMALL_POOL!r}, p / 'trace.jsonl', 2048, r.free_port(), p / 'out'))")
+    process = subprocess.Popen([sys.executable, "-c", child], start_new_session=True)  # as gpu-check runs a step
+    try:
+        for _ in range(600):
+            if (tmp_path / "bench.started").exists() or process.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert process.poll() is None, "the replay ended before its benchmark started"
+        os.killpg(process.pid, signal.SIGTERM)  # gpu-check at the step's limit: the server is in another session
+        assert process.wait(timeout=30) == 128 + signal.SIGTERM
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert server_gone(tmp_path)
+
+
+def test_a_stale_server_answering_on_the_port_is_not_taken_for_the_one_started(tmp_path):
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *_):
+            pass
+
+    class ExitedServer:  # running at the first look, exited by the time /health answers
+        returncode = 1
+
+        def __init__(self):
+            self.looks = iter([None, 1])
+
+        def poll(self):
+            return next(self.looks, 1)
+
+    stale = ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=stale.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(RuntimeError, match="another server"):
+            replay_module._wait_healthy(ExitedServer(), f"http://127.0.0.1:{stale.server_port}/health",
+                                        tmp_path / "log", 10)
+    finally:
+        stale.shutdown()
+
+
+def test_a_checkpoint_not_in_the_hugging_face_cache_is_named():
+    reason = checkpoint_missing("kvlab-tests/no-such-checkpoint")
+    assert reason is not None and ("kvlab-tests/no-such-checkpoint" in reason or "huggingface_hub" in reason)
+
+
 @pytest.mark.skipif(vllm_installed(), reason="vLLM is installed here")
 def test_without_vllm_the_replay_is_skipped_and_asked_for_says_how_to_get_it(tmp_path):
-    assert run_if_available(tmp_path) is None
+    assert run_if_available(tmp_path, timeout_s=60) is None
     with pytest.raises(RuntimeError, match="vLLM is not installed"):
-        replay(tmp_path / "t.jsonl", map_config(), 1, tmp_path)
+        replay(small_replay(tmp_path))
 
 
-@pytest.mark.skipif(not vllm_available(), reason="needs vLLM and a CUDA device (make gpu-check)")
+@pytest.mark.skipif(replay_module.unavailable() is not None, reason="needs vLLM, a CUDA device and the checkpoint "
+                    "(make gpu-check)")
 def test_a_short_trace_replays_through_vllm_beside_kvlab(tmp_path):
-    report = run_if_available(tmp_path, num_requests=8, work_dir=tmp_path / "work")
+    report = run_if_available(tmp_path, num_requests=8, work_dir=tmp_path / "work", timeout_s=600)
     assert report["vllm"]["requests"] == report["kvlab"]["requests"] == 8
     assert report["vllm"]["output_tokens"] == report["kvlab"]["output_tokens"]  # --ignore-eos: every length exact
+    assert report["versions"]["vllm"] and report["trace"]["num_requests"] == 8 != GPU_TRACE["num_requests"]

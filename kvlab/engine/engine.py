@@ -22,7 +22,7 @@ from .clock import StepClock, WallClock
 from .metrics import RequestOutput, ServeResult, StepRecord
 from .offload import PREEMPTION_MODES, OffloadCosts, measure_offload_costs
 from .request import Request, Sequence, Status
-from ..spec import Draft, SpecRow, SpecStats, accept_greedy, accept_sampled, make_drafter
+from ..spec import Draft, SpecRow, SpecStats, accept_greedy, accept_sampled, check_drafter_options, make_drafter
 from .runner import run_chunks, sync, verify_pass
 from .sampling import check_sampling_args, sample_next, sampling_probs
 from .scheduler import POLICIES, Scheduler
@@ -104,9 +104,7 @@ class Engine:
         if not self.cache.can_rollback:
             raise ValueError(f"speculative decoding rolls back rejected drafts, which the {self.cache.name!r} layout "
                              f"cannot do; use cache='contiguous', 'paged' or 'prefix'")
-        unknown = sorted(set(options) - {"min_n", "max_n", "draft_layers"})
-        if unknown:
-            raise ValueError(f"unknown speculative options {unknown}; they are min_n, max_n (ngram), draft_layers (self)")
+        check_drafter_options(options)
         drafter = make_drafter(speculative, self.model, self.cache, k, self.temperature, self.top_p, self.generator,
                                **options)
         return drafter, SpecStats(drafter.name, k)

@@ -17,6 +17,14 @@ from .self_draft import (SelfDrafter, check_layers, default_draft_layers, draft_
                          layer_candidates)
 
 DRAFTERS = ("ngram", "self")
+DRAFTER_OPTIONS = ("min_n", "max_n", "draft_layers")  # make_drafter's: min_n, max_n (ngram), draft_layers (self)
+
+
+def check_drafter_options(options: dict) -> None:
+    """ValueError naming every option make_drafter does not take (a misspelt `max_m`)."""
+    unknown = sorted(set(options) - set(DRAFTER_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown speculative options {unknown}; they are min_n, max_n (ngram), draft_layers (self)")
 
 
 def make_drafter(name, model, cache, k: int, temperature: float = 0.0, top_p: float = 1.0, generator=None,
@@ -37,6 +45,7 @@ def make_drafter(name, model, cache, k: int, temperature: float = 0.0, top_p: fl
     raise ValueError(f"unknown speculative drafter {name!r}; choose one of {', '.join(DRAFTERS)}")
 
 
-__all__ = ["DRAFTERS", "make_drafter", "NgramDrafter", "SelfDrafter", "Draft", "SpecRow", "SpecStats",
+__all__ = ["DRAFTERS", "DRAFTER_OPTIONS", "check_drafter_options",
+           "make_drafter", "NgramDrafter", "SelfDrafter", "Draft", "SpecRow", "SpecStats",
            "accept_greedy", "accept_sampled", "expected_tokens_per_pass", "lookup", "check_layers", "draft_model",
            "every_other_layer", "default_draft_layers", "layer_candidates"]

@@ -4,7 +4,7 @@ note wherever vLLM has no equivalent or means something else.
     mapping = kvlab.vllm.map_config({"cache": "prefix", "num_blocks": 512, "max_num_seqs": 8,
                                      "max_num_batched_tokens": 256})
     mapping.rows              # one Row per kvlab knob: its value, the vLLM argument(s), how they relate, a note
-    mapping.engine_args()     # {"enable_prefix_caching": True, "block_size": 16, "num_gpu_blocks_override": 512, …}
+    mapping.engine_args()     # {"enable_prefix_caching": True, "block_size": 16, "num_gpu_blocks_override": 513, …}
     mapping.serve_command()   # "vllm serve HuggingFaceTB/SmolLM2-135M-Instruct --enable-prefix-caching …"
     kvlab.vllm.flag("policy", "static")   # ValueError: vLLM always batches continuously
 
@@ -32,7 +32,7 @@ import json
 import shlex
 from dataclasses import dataclass
 
-from ..cache import LAYOUT_OPTIONS
+from ..cache import LAYOUT_OPTIONS, check_cache_options
 from ..checks import positive_int
 from ..memory import resolve_shape
 from .knobs import HANDLERS, Context, Row, show_value
@@ -116,7 +116,10 @@ class VllmMapping:
         return [r for r in self.rows if r.kind == "none"]
 
     def row(self, knob: str) -> Row:
-        return next(r for r in self.rows if r.knob == knob)
+        for r in self.rows:
+            if r.knob == knob:
+                return r
+        raise ValueError(f"unknown kvlab knob {knob!r}; the knobs are {', '.join(r.knob for r in self.rows)}")
 
     def _check(self) -> None:
         if self.refused:
@@ -149,14 +152,29 @@ class VllmMapping:
                 for r in self.rows]
 
 
+def _check_layout_options(config: dict) -> None:
+    """kvlab's own refusal of a layout option the chosen layout does not take (group_size for the prefix cache):
+    the options config sets, beside block_size and num_blocks, which kvlab.serve takes for every layout."""
+    serve_args = ("block_size", "num_blocks")
+    options = {name: value for name, value in config.items() if value is not None and name not in serve_args
+               and any(name in layout for layout in LAYOUT_OPTIONS.values())}
+    cache = config.get("cache", knob_defaults()["cache"])
+    if isinstance(cache, str):
+        check_cache_options(cache, options)
+    elif options:
+        raise ValueError(f"cache options {sorted(options)} only apply to a cache named by a string, not to a cache "
+                         f"object")
+
+
 def map_config(config: dict | None = None, model: str = MODEL, pool_as: str = "num_gpu_blocks_override",
                gpu_memory_bytes: int | None = None, weight_bytes: int | None = None, dtype: str | None = None,
                max_model_len: int | None = None, shape="SmolLM2-135M") -> VllmMapping:
     """Every kvlab knob (config's value, else kvlab's default) mapped to vLLM. pool_as: how num_blocks becomes a
-    vLLM pool size — "num_gpu_blocks_override" (exact) or "gpu_memory_utilization" (needs gpu_memory_bytes and
-    weight_bytes). dtype, max_model_len: passed on to vLLM as they are. shape: the served model's attention shape
-    (a kvlab.memory preset name or ModelShape), for pool bytes and the head size. ValueError for an unknown knob
-    or a value kvlab itself would refuse; a knob vLLM cannot serve is a row of kind "none" (engine_args refuses)."""
+    vLLM pool size — "num_gpu_blocks_override" (exact: num_blocks + 1, for vLLM's null block) or
+    "gpu_memory_utilization" (needs gpu_memory_bytes and weight_bytes, positive byte counts). dtype, max_model_len:
+    passed on to vLLM as they are. shape: the served model's attention shape (a kvlab.memory preset name or
+    ModelShape), for pool bytes and the head size. ValueError naming an unknown knob or a value kvlab itself would
+    refuse; a knob vLLM cannot serve is a row of kind "none" (engine_args refuses)."""
     config = dict(config or {})
     defaults = knob_defaults()
     unknown = sorted(set(config) - set(defaults))
@@ -164,6 +182,10 @@ def map_config(config: dict | None = None, model: str = MODEL, pool_as: str = "n
         raise ValueError(f"unknown kvlab knobs {unknown}; the knobs are {', '.join(defaults)}")
     if pool_as not in POOL_AS:
         raise ValueError(f"unknown pool_as {pool_as!r}; choose one of {', '.join(POOL_AS)}")
+    for name, nbytes in (("gpu_memory_bytes", gpu_memory_bytes), ("weight_bytes", weight_bytes)):
+        if nbytes is not None:
+            positive_int(name, nbytes)
+    _check_layout_options(config)
     full = defaults | config
     ctx = Context(full, pool_as, gpu_memory_bytes, weight_bytes, resolve_shape(shape))
     rows = tuple(HANDLERS[knob](full[knob], ctx) for knob in defaults)

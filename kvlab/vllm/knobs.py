@@ -3,17 +3,23 @@ differs, implicit, client, kvlab only, none — see kvlab.vllm.args), the vLLM e
 flags it becomes, and a one-line note. The handlers only describe; kvlab.vllm.args assembles and refuses."""
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, field
 
-from ..cache import LAYOUT_OPTIONS, check_block_size
+from ..cache import LAYOUT_OPTIONS, QuantizedPagedCache, QuantScheme, check_block_size, make_scheme
 from ..checks import positive_int
+from ..engine.sampling import check_sampling_args
 from ..memory import GiB, kv_bytes_per_token
+from ..spec import NgramDrafter, check_drafter_options
 
 KINDS = ("same", "differs", "implicit", "client", "kvlab only", "none")
 KV_CACHE_DTYPES = {"int8": "int8_per_token_head", "fp8": "fp8_per_token_head", "int4": "int4_per_token_head"}
 VLLM_DTYPE_STORAGE = {"auto": "bfloat16", "int8_per_token_head": "int8", "fp8_per_token_head": "fp8",
                       "int4_per_token_head": "int4"}  # for pool bytes (scales not counted)
+DEFAULT_SCHEME = inspect.signature(QuantizedPagedCache).parameters["scheme"].default  # the quantized layout's
+NGRAM_DEFAULTS = {name: p.default for name, p in inspect.signature(NgramDrafter).parameters.items()}  # min_n, max_n
+NULL_BLOCKS = 1  # vLLM v1's BlockPool takes block 0 as its null block (vllm/v1/core/block_pool.py): never allocated
 
 
 @dataclass(frozen=True)
@@ -51,11 +57,20 @@ def _cache_name(cache) -> str:
     return cache if isinstance(cache, str) else getattr(cache, "name", type(cache).__name__)
 
 
-def _kv_cache_dtype(ctx: Context) -> str:
+def _quant_scheme(ctx: Context) -> QuantScheme | None:
+    """The quantized layout's scheme as kvlab builds it (its default scheme and group filled in, a bad name or group
+    refused by make_scheme), or None for an unquantized layout."""
+    if _cache_name(ctx.config["cache"]) != "quantized":
+        return None
     scheme = ctx.config.get("scheme")
-    if _cache_name(ctx.config["cache"]) != "quantized" or scheme is None:
-        return "auto"
-    return KV_CACHE_DTYPES.get(scheme, "auto")
+    if isinstance(scheme, QuantScheme):
+        return scheme
+    return make_scheme(DEFAULT_SCHEME if scheme is None else scheme, ctx.shape.head_dim, ctx.config.get("group_size"))
+
+
+def _kv_cache_dtype(ctx: Context) -> str:
+    scheme = _quant_scheme(ctx)
+    return "auto" if scheme is None else KV_CACHE_DTYPES.get(scheme.name, "auto")
 
 
 def _cache(value, ctx: Context) -> Row:
@@ -76,30 +91,27 @@ def _cache(value, ctx: Context) -> Row:
 
 
 def _scheme(value, ctx: Context) -> Row:
-    head_dim, group = ctx.shape.head_dim, ctx.config.get("group_size")
-    if _cache_name(ctx.config["cache"]) != "quantized" or value is None:
+    scheme = _quant_scheme(ctx)
+    if scheme is None:
         return Row("scheme", value, "same", "unquantized K/V in the model's dtype (kvlab: float32 on a CPU, "
                    "bfloat16 on CUDA; vLLM: the checkpoint's, bfloat16)", {"kv_cache_dtype": "auto"})
-    if value == "kivi2":
+    if scheme.name == "kivi2":
         return Row("scheme", value, "none", "vLLM has no 2-bit KIVI (keys per channel, values per token); its "
                    "smallest is int4_per_token_head")
-    if value not in KV_CACHE_DTYPES:
-        raise ValueError(f"unknown quantization scheme {value!r}; kvlab's: int8, fp8, int4, kivi2")
-    dtype = KV_CACHE_DTYPES[value]
-    whole_head = group in (None, head_dim) if value != "int4" else group == head_dim
-    if whole_head:
+    dtype = KV_CACHE_DTYPES[scheme.name]
+    if scheme.group_size == scheme.head_dim:
         return Row("scheme", value, "same", f"{dtype}: one scale per token and KV head, computed as the cache is "
-                   f"written, as kvlab's {value} (Triton attention backend)", {"kv_cache_dtype": dtype})
-    kvlab_group = group or 32
-    return Row("scheme", value, "differs", f"{dtype} keeps one scale per token and KV head; kvlab's {value} one per "
-               f"{kvlab_group} channels — vLLM's is coarser", {"kv_cache_dtype": dtype})
+                   f"written, as kvlab's {scheme.name} (Triton attention backend)", {"kv_cache_dtype": dtype})
+    return Row("scheme", value, "differs", f"{dtype} keeps one scale per token and KV head; kvlab's {scheme.name} one "
+               f"per {scheme.group_size} channels — vLLM's is coarser", {"kv_cache_dtype": dtype})
 
 
 def _group_size(value, ctx: Context) -> Row:
-    if value is None or value == ctx.shape.head_dim:
+    scheme = _quant_scheme(ctx)  # make_scheme refuses a group size kvlab cannot use
+    if scheme is None or scheme.group_size == scheme.head_dim:
         return Row("group_size", value, "implicit", "a scale per token and KV head, as vLLM's per-token-head dtypes")
-    return Row("group_size", value, "differs", "vLLM has no scale groups: one scale per token and KV head (see "
-               "scheme)")
+    return Row("group_size", value, "differs", f"vLLM has no scale groups: one scale per token and KV head, kvlab's "
+               f"one per {scheme.group_size} channels (see scheme)")
 
 
 def _num_blocks(value, ctx: Context) -> Row:
@@ -108,12 +120,13 @@ def _num_blocks(value, ctx: Context) -> Row:
                    "vLLM for gpu_memory_utilization (0.92) of the GPU's memory")
     positive_int("num_blocks", value)
     if ctx.pool_as == "num_gpu_blocks_override":
-        return Row("num_blocks", value, "same", "the same number of blocks of block_size tokens: the same tokens "
-                   "(the bytes follow each side's KV dtype)", {"num_gpu_blocks_override": value})
+        return Row("num_blocks", value, "same", f"the same usable blocks of block_size tokens (the bytes follow each "
+                   f"side's KV dtype): vLLM keeps block 0 as a null block, never allocated, so it gets num_blocks + "
+                   f"{NULL_BLOCKS}", {"num_gpu_blocks_override": value + NULL_BLOCKS})
     if ctx.gpu_memory_bytes is None or ctx.weight_bytes is None:
         raise ValueError("pool_as='gpu_memory_utilization' needs gpu_memory_bytes and weight_bytes")
     storage = VLLM_DTYPE_STORAGE[_kv_cache_dtype(ctx)]
-    pool_bytes = value * ctx.config["block_size"] * kv_bytes_per_token(ctx.shape, storage)
+    pool_bytes = (value + NULL_BLOCKS) * ctx.config["block_size"] * kv_bytes_per_token(ctx.shape, storage)
     share = math.ceil((ctx.weight_bytes + pool_bytes) / ctx.gpu_memory_bytes * 1e4) / 1e4
     if share > 1:
         raise ValueError(f"num_blocks={value} ({pool_bytes / GiB:.1f} GiB) and the weights do not fit "
@@ -163,10 +176,12 @@ def _speculative(value, ctx: Context) -> Row:
     if value is None:
         return Row("speculative", value, "implicit", "no speculative decoding (vLLM's default too)")
     if value == "ngram":
-        options = cfg.get("speculative_options") or {}
+        options = NGRAM_DEFAULTS | {k: v for k, v in (cfg.get("speculative_options") or {}).items()
+                                    if k in NGRAM_DEFAULTS}
+        drafter = NgramDrafter(**options)  # kvlab's own check of min_n, max_n
         spec = {"method": "ngram", "num_speculative_tokens": positive_int("num_speculative_tokens",
                                                                          cfg["num_speculative_tokens"]),
-                "prompt_lookup_max": options.get("max_n", 3), "prompt_lookup_min": options.get("min_n", 1)}
+                "prompt_lookup_max": drafter.max_n, "prompt_lookup_min": drafter.min_n}
         return Row("speculative", value, "same", "prompt lookup: the longest match from prompt_lookup_max down to "
                    "prompt_lookup_min, as kvlab's max_n … min_n", {"speculative_config": spec})
     if value == "self":
@@ -184,13 +199,16 @@ def _num_speculative_tokens(value, ctx: Context) -> Row:
 
 def _speculative_options(value, ctx: Context) -> Row:
     options = value or {}
-    unknown = sorted(set(options) - {"min_n", "max_n", "draft_layers"})
-    if unknown:
-        raise ValueError(f"unknown speculative options {unknown}; they are min_n, max_n (ngram), draft_layers (self)")
+    if not isinstance(options, dict):
+        raise ValueError(f"speculative_options must be a dict, got {value!r}")
+    check_drafter_options(options)
+    if options and ctx.config["speculative"] is None:
+        raise ValueError(f"speculative_options {sorted(options)} need speculative='ngram' or 'self'")
     if "draft_layers" in options:
         return Row("speculative_options", value, "none", "vLLM cannot draft with some of the target's own layers")
     if not options:
-        return Row("speculative_options", value, "implicit", "kvlab's defaults: min_n 1, max_n 3")
+        return Row("speculative_options", value, "implicit", "kvlab's defaults: "
+                   + ", ".join(f"{name} {n}" for name, n in NGRAM_DEFAULTS.items()))
     return Row("speculative_options", value, "same", "min_n, max_n: speculative_config's prompt_lookup_min, "
                "prompt_lookup_max")
 
@@ -209,16 +227,27 @@ def _tier(value, ctx: Context) -> Row:
 def _seed(value, ctx: Context) -> Row:
     if value is None:
         return Row("seed", value, "implicit", "unseeded sampling")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"seed must be an integer or None, got {value!r}")
     return Row("seed", value, "differs", "seeds vLLM's sampler, another generator than kvlab's: sampled tokens "
                "differ", {"seed": value})
 
 
+def _sampling_number(knob: str, value) -> None:
+    """kvlab's own check (check_sampling_args), after making sure it gets a number to compare."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{knob} must be a number, got {value!r}")
+    check_sampling_args(value, 1.0) if knob == "temperature" else check_sampling_args(0.0, value)
+
+
 def _temperature(value, ctx: Context) -> Row:
+    _sampling_number("temperature", value)
     return Row("temperature", value, "client", "a sampling parameter of each request: the benchmark client sends it",
                bench_flags=("--temperature", str(value)))
 
 
 def _top_p(value, ctx: Context) -> Row:
+    _sampling_number("top_p", value)
     flags = () if value == 1.0 else ("--top-p", str(value))
     return Row("top_p", value, "client", "a sampling parameter of each request: the benchmark client sends it",
                bench_flags=flags)

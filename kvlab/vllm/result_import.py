@@ -17,13 +17,15 @@ the gap between streamed chunks, so tokens that arrive together (accepted drafts
 from __future__ import annotations
 
 import json
-import math
 import pathlib
 from dataclasses import dataclass, field
+
+from ..checks import non_negative_number
 
 COUNTS = ("completed", "failed", "total_input_tokens", "total_output_tokens")
 RATES = ("duration", "request_throughput", "output_throughput", "total_token_throughput")
 LATENCIES = ("ttft", "tpot", "itl")  # vLLM's default --percentile-metrics for a generative model
+STATISTICS = ("mean", "median", "p99")  # of each metric, in every result (p99: --metric-percentiles' default)
 META = ("date", "backend", "model_id", "tokenizer_id", "num_prompts", "request_rate", "burstiness", "max_concurrency")
 
 
@@ -47,14 +49,7 @@ def _number(data: dict, name: str, where: str, whole: bool = False, required: bo
             raise ValueError(f"{where} has no {name!r}: not the JSON of `vllm bench serve --save-result`, or not a "
                              f"generation benchmark")
         return None
-    value = data[name]
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{where}: {name} is {value!r}, not a number")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{where}: {name} is {value!r}; it must be a finite number ≥ 0")
-    if whole and value != int(value):
-        raise ValueError(f"{where}: {name} is {value!r}, not a whole number")
-    return int(value) if whole else float(value)
+    return non_negative_number(f"{where}: {name}", data[name], whole)
 
 
 def read_result(data: dict, where: str = "the vLLM result") -> VllmResult:
@@ -75,15 +70,19 @@ def read_result(data: dict, where: str = "the vLLM result") -> VllmResult:
                "throughput_tok_s": rates["output_throughput"], "request_throughput_req_s": rates["request_throughput"],
                "total_throughput_tok_s": rates["total_token_throughput"]}
     for metric in LATENCIES + ("e2el",):
-        required = metric != "e2el"  # e2el only when --percentile-metrics names it
-        ms = {stat: _number(data, f"{stat}_{metric}_ms", where, required=required)
-              for stat in ("mean", "median", "p99")}
+        names = [f"{stat}_{metric}_ms" for stat in STATISTICS]
+        given = [name for name in names if data.get(name) is not None]
+        if given and len(given) < len(names):  # vLLM writes a metric's statistics together
+            missing = [name for name in names if name not in given]
+            raise ValueError(f"{where} has {', '.join(given)} but no {', '.join(map(repr, missing))}: a metric's "
+                             f"mean, median and p99 come together")
+        required = metric != "e2el" or bool(given)  # e2el only when --percentile-metrics names it
+        ms = {stat: _number(data, name, where, required=required) for stat, name in zip(STATISTICS, names)}
         p50 = _number(data, f"p50_{metric}_ms", where, required=False)
         name = "e2e" if metric == "e2el" else metric
-        if ms["median"] is not None:
+        if required:
             metrics[f"{name}_mean_s"] = ms["mean"] / 1e3
             metrics[f"{name}_p50_s"] = (p50 if p50 is not None else ms["median"]) / 1e3
-        if ms["p99"] is not None:
             metrics[f"{name}_p99_s"] = ms["p99"] / 1e3
     meta = {key: data[key] for key in META if key in data}
     return VllmResult(metrics, meta, where)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from ..cache import check_block_size
 from ..cache.prefix_index import chain_hash
+from ..checks import non_negative_number
 from ..engine import Request
 from .args import MODEL
 
@@ -94,16 +95,6 @@ def save_timed_trace(path, requests, block_size: int = 16, tokenizer=None) -> pa
     return path
 
 
-def _number(line: int, name: str, value, whole: bool) -> float | int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"timed_trace line {line}: {name} must be a finite number, got {value!r}")
-    if value < 0:
-        raise ValueError(f"timed_trace line {line}: {name} {value!r} is negative")
-    if whole and value != int(value):
-        raise ValueError(f"timed_trace line {line}: {name} must be a whole number, got {value!r}")
-    return int(value) if whole else float(value)
-
-
 def load_timed_trace(path, block_size: int | None = None) -> list[TimedTraceEntry]:
     """The entries of a timed_trace JSONL file, checked as vLLM will read them: every field present, numbers finite
     and not negative, lengths whole and ≥ 1, timestamps in order, and (given block_size, vLLM's chunk size) enough
@@ -122,15 +113,16 @@ def load_timed_trace(path, block_size: int | None = None) -> list[TimedTraceEntr
         if missing:
             raise ValueError(f"timed_trace line {n} has no {', '.join(missing)} "
                              f"(it has {', '.join(entry) or 'nothing'})")
-        timestamp = _number(n, "timestamp", entry["timestamp"], whole=False)
-        lengths = [_number(n, f, entry[f], whole=True) for f in ("input_length", "output_length")]
+        where = f"timed_trace line {n}:"
+        timestamp = non_negative_number(f"{where} timestamp", entry["timestamp"])
+        lengths = [non_negative_number(f"{where} {f}", entry[f], whole=True) for f in ("input_length", "output_length")]
         for name, value in zip(("input_length", "output_length"), lengths):
             if value < 1:
                 raise ValueError(f"timed_trace line {n}: {name} must be at least 1, got {value}")
         hash_ids = entry["hash_ids"]
         if not isinstance(hash_ids, list):
             raise ValueError(f"timed_trace line {n}: hash_ids must be a list, got {hash_ids!r:.80}")
-        hash_ids = tuple(_number(n, "hash_ids", h, whole=True) for h in hash_ids)
+        hash_ids = tuple(non_negative_number(f"{where} hash_ids", h, whole=True) for h in hash_ids)
         if block_size is not None and len(hash_ids) < math.ceil(lengths[0] / block_size):
             raise ValueError(f"timed_trace line {n}: {len(hash_ids)} hash_ids cover {len(hash_ids) * block_size} "
                              f"tokens at chunk size {block_size}, under input_length {lengths[0]}")
