@@ -179,8 +179,9 @@ def test_the_vllm_step_calls_a_replay_that_exists_with_arguments_it_takes():
     from kvlab.vllm.replay import run_if_available
 
     step = gpu_check.vllm_step(pathlib.Path("/scratch"))
-    assert "run_if_available(work_dir='/scratch/vllm')" in step.argv[-1] and set(step.needs) >= {"cuda", "vllm"}
-    assert "work_dir" in inspect.signature(run_if_available).parameters
+    assert f"run_if_available(work_dir='/scratch/vllm', timeout_s={gpu_check.VLLM_S - 15})" in step.argv[-1]
+    assert set(step.needs) >= {"cuda", "vllm", "checkpoint"}
+    assert {"work_dir", "timeout_s"} <= set(inspect.signature(run_if_available).parameters)
     from kvlab.vllm.replay import vllm_available
 
     if not vllm_available():  # with vLLM and a GPU this would run the whole replay: that is gpu-check's job

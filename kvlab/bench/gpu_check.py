@@ -290,7 +290,8 @@ def vllm_step(scratch: pathlib.Path, python: str = sys.executable) -> Step:
     """Notebook 08's GPU trace through kvlab's engine and through a real vLLM server (kvlab.vllm.replay), writing
     benchmarks/results/vllm_<device>.json; run last, with what time is left."""
     code = ("import sys; from kvlab.vllm.replay import run_if_available; "
-            f"report = run_if_available(work_dir={str(scratch / 'vllm')!r}); sys.exit(0 if report else 3)")
+            f"report = run_if_available(work_dir={str(scratch / 'vllm')!r}, timeout_s={VLLM_S - 15}); "
+            "sys.exit(0 if report else 3)")  # the replay stops its server itself before the step's limit
     return Step("vllm replay", (python, "-c", code), VLLM_S, ("cuda", "model", "vllm", "checkpoint"), "vllm")
 
 
