@@ -33,9 +33,9 @@ lab: install
 
 # Unit, property and oracle tests, then every notebook through nbval.
 # KVLAB_DEVICE=cpu: the committed notebook outputs are CPU (float32) runs, so nbval compares like with like
-# on a GPU machine too (the kernel tests still use the GPU there).
+# on a GPU machine too (the kernel tests still use the GPU there). --durations: the 40 slowest, to keep it under 25 min.
 test: install
-	KVLAB_DEVICE=cpu $(BIN)/python -m pytest tests notebooks $(NBVAL) -p no:cacheprovider
+	KVLAB_DEVICE=cpu $(BIN)/python -m pytest tests notebooks $(NBVAL) -p no:cacheprovider --durations=40
 
 test-fast: install
 	$(BIN)/python -m pytest tests -m "not oracle and not browser" -p no:cacheprovider
