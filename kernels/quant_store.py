@@ -60,9 +60,9 @@ def _quantize_tokens_kernel(
         x = tl.load(src + channels, mask=real[:, None], other=0.0).to(tl.float32)
         absmax = tl.max(tl.abs(x), 1)  # [groups]; 0 for a padding group
         if KIND == 1:
-            scale = tl.minimum(absmax / FP8_MAX, FP16_MAX).to(tl.float16).to(tl.float32)
+            scale = tl.minimum(tl.div_rn(absmax, FP8_MAX), FP16_MAX).to(tl.float16).to(tl.float32)
         else:
-            scale = tl.minimum(absmax / QMAX, FP16_MAX).to(tl.float16).to(tl.float32)
+            scale = tl.minimum(tl.div_rn(absmax, QMAX), FP16_MAX).to(tl.float16).to(tl.float32)
         safe = tl.where(scale > 0, scale, 1.0)
         y = tl.div_rn(x, safe[:, None])
         if KIND == 1:
@@ -70,7 +70,7 @@ def _quantize_tokens_kernel(
             magnitude = tl.abs(y)
             exponent = ((magnitude.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127
             step = (tl.maximum(exponent - 3 + 127, 1) << 23).to(tl.float32, bitcast=True)
-            rounded = tl.minimum(tl.floor(magnitude / step + 0.5) * step, FP8_MAX)
+            rounded = tl.minimum(tl.floor(tl.div_rn(magnitude, step) + 0.5) * step, FP8_MAX)
             rounded = tl.where(magnitude < FP8_MIN_NORMAL, 0.0, rounded)
             codes = tl.where(y < 0, -rounded, rounded)
         else:
@@ -83,13 +83,13 @@ def _quantize_tokens_kernel(
         x = tl.load(src + channels, mask=real[:, None, None], other=0.0).to(tl.float32)
         if KIND == 0:  # symmetric, code + 8 stored as an unsigned nibble
             absmax = tl.max(tl.max(tl.abs(x), 2), 1)
-            scale = tl.minimum(absmax / QMAX, FP16_MAX).to(tl.float16).to(tl.float32)
+            scale = tl.minimum(tl.div_rn(absmax, QMAX), FP16_MAX).to(tl.float16).to(tl.float32)
             safe = tl.where(scale > 0, scale, 1.0)
             q = tl.minimum(tl.maximum(tl.floor(tl.div_rn(x, safe[:, None, None]) + 0.5), -QMAX), QMAX) + 8
         else:  # asymmetric: code = round((x - min) / scale) in [0, QMAX]
             low = tl.maximum(tl.min(tl.min(x, 2), 1), -FP16_MAX).to(tl.float16).to(tl.float32)
             high = tl.max(tl.max(x, 2), 1)
-            scale = tl.minimum((high - low) / QMAX, FP16_MAX).to(tl.float16).to(tl.float32)
+            scale = tl.minimum(tl.div_rn(high - low, QMAX), FP16_MAX).to(tl.float16).to(tl.float32)
             safe = tl.where(scale > 0, scale, 1.0)
             q = tl.minimum(tl.maximum(tl.floor(tl.div_rn(x - low[:, None, None], safe[:, None, None]) + 0.5), 0.0), QMAX)
             tl.store(min_ptr + scale_row, low.to(tl.float16), mask=real)
@@ -119,7 +119,7 @@ def _quantize_key_blocks_kernel(
     for i in range(PACK):  # byte position i holds channels i·SUB … (i+1)·SUB − 1: one slice at a time
         x = tl.load(tokens + i * SUB + j[None, :]).to(tl.float32)  # [BLOCK_SIZE, SUB]
         low = tl.maximum(tl.min(x, 0), -FP16_MAX).to(tl.float16).to(tl.float32)  # [SUB] per channel
-        scale = tl.minimum((tl.max(x, 0) - low) / QMAX, FP16_MAX).to(tl.float16).to(tl.float32)
+        scale = tl.minimum(tl.div_rn(tl.max(x, 0) - low, QMAX), FP16_MAX).to(tl.float16).to(tl.float32)
         safe = tl.where(scale > 0, scale, 1.0)
         q = tl.minimum(tl.maximum(tl.floor(tl.div_rn(x - low[None, :], safe[None, :]) + 0.5), 0.0), QMAX)
         packed = packed | (q.to(tl.int32) << (i * BITS))
