@@ -24,7 +24,7 @@ from browser_driver import ARTIFACTS, NOTEBOOKS, JupyterLab, browser_page, dismi
 pytestmark = pytest.mark.browser
 
 NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"
-SETTLE_S = 3.0  # after the last output has rendered: renderers that write back into the model do so by then
+SETTLE_S = 1.5  # after the last output has rendered: renderers that write back into the model do so by then
 OPEN_TIMEOUT_MS = 120_000
 
 # Open `path` with the notebook's own kernel; resolve once the context is ready, every cell has rendered and the

@@ -24,7 +24,7 @@
 # Parameters (papermill can override any of these: see the README)
 DEVICE = "auto"  # "cpu", "cuda" or "auto"
 SWEEP_LENGTHS = None  # generated lengths to tabulate; None → [16, 32, 64, 96] on a CPU, [128, 256, 512, 1024] on a GPU
-REPEATS = 3  # timed runs per path (after one warm-up); each step's median is shown
+REPEATS = 2  # timed runs per path (after one warm-up); each step's median is shown
 NEW_TOKENS = 24  # tokens generated in the with/without-cache comparison
 PROMPT = "The history of the printing press"
 

@@ -26,7 +26,7 @@
 # %% tags=["parameters"]
 # Parameters (papermill can override any of these: see the README)
 DEVICE = "auto"  # "cpu", "cuda" or "auto"
-PPL_WINDOWS = 3  # perplexity windows of standard-library docstrings (a GPU run can take 16)
+PPL_WINDOWS = 2  # perplexity windows of standard-library docstrings (a GPU run can take 16)
 PPL_TOKENS = 192  # tokens per window (GPU: 512)
 NEW_TOKENS = 24  # greedy tokens per prompt for the agreement measurement
 SPEED_BATCHES = None  # decode benchmark batch sizes; None: [1, 4] on a CPU, [1, 8, 32] on a GPU

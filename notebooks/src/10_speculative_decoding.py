@@ -35,6 +35,7 @@ KS = None  # k values of the live sweep; None: 1 and 4 on a CPU (the recorded be
 LIVE_PROMPTS = None  # prompts of the live sweep; None: one grounded, one open-ended on a CPU, all five on a GPU
 CONTEXT = None  # cached tokens under the verify-cost pass; None: 256 on a CPU, 4096 on a GPU
 WIDTHS = None  # tokens per verify pass; None: 1, 2, 3, 5, 9, 17 on a CPU, up to 257 on a GPU
+DRAWS = None  # verifications in the sampling check; None: 5,000 on a CPU (~10 s), 20,000 on a GPU
 REPEATS = 1  # timed runs per setting (after a warm-up); the recorded benchmark used 2
 SEED = 0
 
@@ -67,6 +68,7 @@ prompts = spec_prompts(tokenizer)
 LIVE_PROMPTS = LIVE_PROMPTS or (list(prompts) if on_gpu else ["quote a passage", "write a poem"])
 CONTEXT = CONTEXT or (4096 if on_gpu else 256)
 WIDTHS = WIDTHS or ((1, 2, 3, 5, 9, 17, 33, 65, 129, 257) if on_gpu else (1, 2, 3, 5, 9, 17))
+DRAWS = DRAWS or (20_000 if on_gpu else 5_000)
 torch.manual_seed(SEED)
 layers = default_draft_layers(model.config.num_layers)
 display(mode_banner(device, model.dtype, "Every time below is measured on this machine, now, unless it says "
@@ -207,7 +209,7 @@ for drafter in ("ngram", "self"):
 # With temperature > 0 a draft x is accepted with probability min(1, p(x) / q(x)); at the first rejection the token
 # is drawn from normalise(max(0, p − q)) (Leviathan et al. 2023). Whatever the draft distribution q, the emitted
 # token is distributed as p. Here p and q are the real target's and self-draft's distributions for the next token
-# of a prompt; 20,000 verifications with a draft drawn from q:
+# of a prompt; `DRAWS` verifications (5,000 on a CPU, 20,000 on a GPU), each with a draft drawn from q:
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -223,7 +225,7 @@ def next_probs(m):
 
 p, q = next_probs(model), next_probs(draft_model(model, layers))  # [vocab] each
 g = torch.Generator().manual_seed(SEED)
-draws = 20_000
+draws = DRAWS
 drafts = torch.multinomial(q, draws, replacement=True, generator=g).tolist()
 emitted = torch.tensor([accept_sampled(torch.stack([p, p]), q[None], [x], g)[0] for x in drafts])
 freq = torch.bincount(emitted, minlength=p.numel()).double() / draws
