@@ -40,12 +40,12 @@ PROMPT_MEAN = None  # chat-trace prompt / output means (log-normal, long-tailed)
 OUTPUT_MEAN = None
 BATCHES = None  # decode batches for the step-cost curve; None: 1, 2, 4, 8, 16 on a CPU, 1 … 256 on a GPU
 LOAD_FRACTIONS = (0.5, 1.0, 1.5)  # request rates for the latency–throughput curve, × the capacity measured below
+SWEEP_REQUESTS = None  # requests per rate in that curve; None: 10 on a CPU (~35 s for the three rates), 128 on a GPU
 SEED = 0
 
 # %%
 # NBVAL_IGNORE_OUTPUT
 import pathlib
-import shlex
 import tempfile
 
 import torch
@@ -63,16 +63,18 @@ from kvlab.viz.serving_figures import (batch_composition_figure, gantt_figure, l
 from kvlab.viz.serving_widget import ServingLab
 from kvlab.viz.vllm_figures import comparison_figure, mapping_table_html
 from kvlab.vllm import load_timed_trace, map_config, save_timed_trace
-from kvlab.vllm.trace_export import bench_command
+from kvlab.vllm.replay import GPU_CONFIG, GPU_TRACE, replay_commands, replay_mapping
 
 device = kvlab.pick_device(DEVICE)  # "auto": $KVLAB_DEVICE if set (the tests pin cpu), else CUDA when available
 model, tokenizer = kvlab.load_model(device=device)
 on_gpu = device.type == "cuda"
-NUM_REQUESTS = NUM_REQUESTS or (128 if on_gpu else 16)
-MAX_NUM_SEQS = MAX_NUM_SEQS or (64 if on_gpu else 8)
-MAX_NUM_BATCHED_TOKENS = MAX_NUM_BATCHED_TOKENS or (2048 if on_gpu else 256)
-PROMPT_MEAN = PROMPT_MEAN or (161 if on_gpu else 48)
-OUTPUT_MEAN = OUTPUT_MEAN or (338 if on_gpu else 64)
+# the GPU sizes are those the vLLM replay of section 8 serves (kvlab.vllm.replay: 128 requests, 64 slots, …)
+NUM_REQUESTS = NUM_REQUESTS or (GPU_TRACE["num_requests"] if on_gpu else 16)
+SWEEP_REQUESTS = SWEEP_REQUESTS or (128 if on_gpu else 10)
+MAX_NUM_SEQS = MAX_NUM_SEQS or (GPU_CONFIG["max_num_seqs"] if on_gpu else 8)
+MAX_NUM_BATCHED_TOKENS = MAX_NUM_BATCHED_TOKENS or (GPU_CONFIG["max_num_batched_tokens"] if on_gpu else 256)
+PROMPT_MEAN = PROMPT_MEAN or (GPU_TRACE["prompt_mean"] if on_gpu else 48)
+OUTPUT_MEAN = OUTPUT_MEAN or (GPU_TRACE["output_mean"] if on_gpu else 64)
 BATCHES = BATCHES or ((1, 4, 16, 64, 128, 256) if on_gpu else (1, 2, 4, 8, 16))
 display(mode_banner(device, model.dtype, "Every time below is measured on this machine, now, on the wall clock (the "
                     "engine's step-counting clock only where a cell says so)."))
@@ -230,14 +232,15 @@ batch_composition_figure(tight, budget=64).show()
 # %% [markdown]
 # ## 6 · Latency against throughput: where the queue starts to grow
 #
-# The same chat trace, now arriving as a Poisson process at a rising request rate — fractions of the capacity
-# measured in section 2 (requests per second that continuous batching finished). Below capacity, TTFT is a prefill
-# plus a little queueing; past it, requests arrive faster than they finish and TTFT grows with every arrival.
+# A chat trace drawn the same way (`SWEEP_REQUESTS` requests), now arriving as a Poisson process at a rising
+# request rate — fractions of the capacity measured in section 2 (requests per second that continuous batching
+# finished). Below capacity, TTFT is a prefill plus a little queueing; past it, requests arrive faster than they
+# finish and TTFT grows with every arrival.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
 capacity = NUM_REQUESTS / runs["continuous"].duration_s
-trace_sizes = dict(num_requests=NUM_REQUESTS, seed=SEED, prompt_mean=PROMPT_MEAN, output_mean=OUTPUT_MEAN,
+trace_sizes = dict(num_requests=SWEEP_REQUESTS, seed=SEED, prompt_mean=PROMPT_MEAN, output_mean=OUTPUT_MEAN,
                    max_prompt=4 * PROMPT_MEAN, max_output=3 * OUTPUT_MEAN)
 sweep = serve_bench.rate_sweep(model, tokenizer, [round(f * capacity, 3) for f in LOAD_FRACTIONS], capacity,
                                trace_sizes, MAX_NUM_SEQS, MAX_NUM_BATCHED_TOKENS)
@@ -287,11 +290,8 @@ for r in recorded:
 # %%
 served = runs["continuous"]
 config = common | {"num_blocks": served.num_blocks, "block_size": served.block_size}  # the pool section 2 sized
-mapping = map_config(config, dtype="bfloat16")
+mapping = replay_mapping(config, model.config.context_len)  # as the replay serves it (bfloat16, max_model_len)
 display(HTML(mapping_table_html(mapping.table())))
-print(mapping.serve_command())
-print(shlex.join(bench_command("trace.timed_trace.jsonl", len(trace), served.block_size,
-                               client_flags=mapping.bench_flags())))
 try:
     map_config(config | {"policy": "static"}).engine_args()
 except ValueError as refusal:
@@ -304,7 +304,8 @@ except ValueError as refusal:
 # prompt, so vLLM's prefix cache hits where kvlab's would. What vLLM cannot replay is the prompts' tokens: it draws
 # random tokens for each id, so whatever depends on the text differs (n-gram drafts, EOS, the answers), and
 # `--ignore-eos` keeps every output at its trace length, as `stop_at_eos=False` does here. Section 2's trace arrives
-# all at once (every timestamp 0); a Poisson trace keeps its times as they are.
+# all at once (every timestamp 0); a Poisson trace keeps its times as they are. The cell after it prints the two
+# commands that replay the file just written: `vllm serve` with the table's flags, and `vllm bench serve` against it.
 
 # %%
 export_dir = pathlib.Path(tempfile.mkdtemp(prefix="kvlab-vllm-"))
@@ -320,6 +321,12 @@ poisson_entries = load_timed_trace(save_timed_trace(export_dir / "poisson.timed_
 print("a Poisson trace at 2 req/s keeps its arrival times:",
       [e.timestamp for e in poisson_entries] == [r.arrival_s for r in poisson],
       "— the first five (s):", [round(e.timestamp, 3) for e in poisson_entries[:5]])
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+# the replay of section 2's file, as kvlab.vllm.replay runs it: the server, then the benchmark client (the replay
+# itself picks a free port; the path is this run's temporary folder)
+print(replay_commands(config, path, model.config.context_len, result_dir=export_dir))
 
 # %% [markdown]
 # **What changes when vLLM serves it.**
