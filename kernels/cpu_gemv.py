@@ -96,8 +96,10 @@ def build_gemv(extra_flags: tuple[str, ...] = ()):
         print(BUILDING, end=" ", flush=True)
     started = time.perf_counter()
     try:
-        module = cpp_extension.load(name, [str(s) for s in SOURCES], extra_cflags=flags,
-                                    extra_ldflags=LINK_FLAGS, verbose=False)
+        # copies: torch appends its own library paths to extra_ldflags in place, which changed LINK_FLAGS, so every
+        # later build got a new name and compiled again (the instruction-set variants twice in one test run)
+        module = cpp_extension.load(name, [str(s) for s in SOURCES], extra_cflags=list(flags),
+                                    extra_ldflags=list(LINK_FLAGS), verbose=False)
     except BaseException:
         if compiling:
             print("failed", flush=True)

@@ -74,3 +74,20 @@ def test_the_install_step_says_already_built_when_it_is(build_dir, monkeypatch, 
     capsys.readouterr()
     cpu_gemv.build_for_install()
     assert capsys.readouterr().out.startswith("kvlab's C++ CPU kernel: already built (")
+
+
+def test_a_build_leaves_the_flags_that_name_the_next_build_unchanged(monkeypatch):
+    """torch's loader appends to the flag lists it is given: kvlab must hand it copies, or each later build (the
+    test suite's instruction-set variants) gets a new name and compiles again."""
+    from torch.utils import cpp_extension
+
+    def load(name, sources, extra_cflags, extra_ldflags, verbose):
+        extra_cflags.append("-DMUTATED")  # what torch does to extra_ldflags
+        extra_ldflags.append("-L/torch/lib")
+        return f"module {name}"
+
+    monkeypatch.setattr(cpp_extension, "load", load)
+    names = [cpu_gemv._build_name(cpu_gemv.COMPILE_FLAGS + ["-mno-avx512f"])]
+    cpu_gemv.build_gemv(("-mno-avx512f",))
+    names.append(cpu_gemv._build_name(cpu_gemv.COMPILE_FLAGS + ["-mno-avx512f"]))
+    assert names[0] == names[1] and "-L/torch/lib" not in cpu_gemv.LINK_FLAGS

@@ -4,7 +4,8 @@ No development or CI machine of this project has a GPU: the Triton kernels are c
 `make test` (tests/test_gpu_compile.py) but have never run compiled. This is the one prepared command for the
 first machine that has one. In order, each step in a subprocess with its own time limit under one deadline:
 
-1. the CUDA kernel tests (tests/test_kernels.py, tests/test_quant_kernels.py: compiled kernels vs torch oracles);
+1. the CUDA kernel tests (tests/test_kernels.py, tests/test_quant_kernels.py: compiled kernels vs torch oracles),
+   and where vLLM is installed the bridge tests (kvlab.vllm's arguments parsed by vLLM's own parsers);
 2. the benchmarks at GPU sizes (decode, quant, gqa, roofline, prefix, serve, spec, offload), each writing
    benchmarks/results/<kind>_<device>.json as `python -m kvlab.bench <kind>` does;
 3. every notebook through papermill with DEVICE="cuda" into a scratch folder (the committed notebooks stay
@@ -91,13 +92,17 @@ BENCHMARKS = [  # (kind, extra arguments, seconds, prerequisites): GPU sizes are
 KERNEL_TESTS = ("tests/test_kernels.py", "tests/test_quant_kernels.py")
 KERNEL_TESTS_S = 60
 NOTEBOOK_S = 55
-VLLM_S = 90
+VLLM_TESTS_S = 15
+VLLM_S = 75
 
 
 def plan(python: str = sys.executable) -> list[Step]:
     """Every step of the check, in order (the notebooks and the vLLM replay are run by run_check itself)."""
     steps = [Step("kernel tests", (python, "-m", "pytest", *KERNEL_TESTS, "-k", "cuda", "-q", "-p", "no:cacheprovider"),
-                  KERNEL_TESTS_S, ("cuda",))]
+                  KERNEL_TESTS_S, ("cuda",)),
+             # the generated engine arguments and `vllm serve` flags parsed by vLLM's own parsers
+             Step("vllm bridge tests", (python, "-m", "pytest", "tests/test_vllm_bridge.py", "-q",
+                                        "-p", "no:cacheprovider"), VLLM_TESTS_S, ("vllm",))]
     for kind, extra, seconds, needs in BENCHMARKS:
         steps.append(Step(f"{kind} benchmark", (python, "-m", "kvlab.bench", kind, *extra), seconds, needs, kind))
     return steps
@@ -127,8 +132,10 @@ def available() -> dict[str, str | None]:
     return {
         "cuda": None if torch.cuda.is_available() else "torch sees no CUDA device",
         "model": model,
-        "papermill": None if importlib.util.find_spec("papermill") else "papermill is not installed (pip install '.[lab]')",
-        "vllm": None if importlib.util.find_spec("vllm") else "vLLM is not installed (GPU machines only: pip install vllm)",
+        "papermill": None if importlib.util.find_spec("papermill") else
+        "papermill is not installed (pip install '.[lab]')",
+        "vllm": None if importlib.util.find_spec("vllm") else
+        "vLLM is not installed (GPU machines only: pip install vllm)",
         "checkpoint": _checkpoint_missing(),
     }
 
@@ -211,7 +218,8 @@ def targets(decode: dict | None, quant: dict | None) -> list[Target]:
                       f"{long[0]['fraction_of_copy']:.0%}" if long else "not measured",
                       long[0]["fraction_of_copy"] >= LONG_BATCH1 if long else None))
     for scheme, limit in QUANT_TARGETS.items():
-        rows = [r for r in (quant or {}).get("rows", []) if r["scheme"] == scheme and r["context"] >= LONG_CONTEXT_QUANT]
+        rows = [r for r in (quant or {}).get("rows", [])
+                if r["scheme"] == scheme and r["context"] >= LONG_CONTEXT_QUANT]
         worst = max(rows, key=lambda r: r["time_vs_baseline"]) if rows else None
         out.append(Target(f"{scheme} decode time vs bf16, context ≥ {LONG_CONTEXT_QUANT // 1024}K", f"≤ {limit:.2f}×",
                           f"worst {worst['time_vs_baseline']:.2f}× (batch {worst['batch']}, {worst['context']} tokens)"
