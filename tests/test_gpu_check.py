@@ -59,7 +59,7 @@ def test_only_refuses_a_prefix_that_matches_no_step_and_names_the_steps():
     steps = gpu_check.all_steps(pathlib.Path("/scratch"), "python")
     assert [s.name for s in gpu_check.select(steps, ["decode", "notebook 02"])] == ["decode benchmark",
                                                                                    "notebook 02_paged_attention"]
-    with pytest.raises(ValueError, match="--only decod3 matches no step; the steps are: kernel tests, decode"):
+    with pytest.raises(ValueError, match="--only decod3 matches no step; the steps are: kernel tests, vllm bridge tests, decode"):
         gpu_check.select(steps, ["decode", "decod3"])
 
 
