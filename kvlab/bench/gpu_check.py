@@ -27,13 +27,13 @@ import json
 import os
 import pathlib
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from ..processes import stop_process_group
 from . import quant_speed
 from .results import result_path
 
@@ -144,10 +144,9 @@ def _checkpoint_missing() -> str | None:
     """vLLM serves the Hugging Face checkpoint, not the GGUF file: on a machine without a network it must be cached."""
     if not importlib.util.find_spec("vllm"):
         return "vLLM is not installed"
-    from kvlab.vllm import replay
+    from kvlab.vllm.replay import checkpoint_missing
 
-    check = getattr(replay, "checkpoint_missing", None)
-    return check() if check is not None else None
+    return checkpoint_missing()
 
 
 def run_step(step: Step, missing: dict[str, str | None], deadline: float, env: dict[str, str]) -> StepResult:
@@ -165,28 +164,13 @@ def run_step(step: Step, missing: dict[str, str | None], deadline: float, env: d
     try:
         output, _ = process.communicate(timeout=limit)
     except subprocess.TimeoutExpired:
-        output = _stop_group(process)
+        output = stop_process_group(process, grace_s=10.0)  # a step's cleanup (the replay's server) runs
         return StepResult(step.name, "timed out", time.monotonic() - started, f"stopped at its limit of {limit:.0f} s",
                           output[-2000:])
     seconds = time.monotonic() - started
     if process.returncode != 0:
         return StepResult(step.name, "failed", seconds, f"exit status {process.returncode}", output[-2000:])
     return StepResult(step.name, "passed", seconds, output_tail=output[-2000:])
-
-
-def _stop_group(process: subprocess.Popen, grace_s: float = 10.0) -> str:
-    """SIGTERM to the step's process group (a step's own cleanup runs: a server it started is stopped), then
-    SIGKILL after grace_s. Returns what the step printed."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            return process.communicate(timeout=grace_s)[0] or ""
-        except subprocess.TimeoutExpired:
-            continue
-    return process.communicate()[0] or ""
 
 
 # ---- the GPU targets, read off the results the benchmarks just wrote ----------------------------------------

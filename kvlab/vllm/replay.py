@@ -30,6 +30,7 @@ import urllib.request
 from dataclasses import dataclass
 
 from ..checks import positive_int
+from ..processes import stop_process_group
 from .args import MODEL, VllmMapping, map_config
 from .result_import import VllmResult, load_result
 from .trace_export import bench_command, load_timed_trace, save_timed_trace
@@ -174,16 +175,7 @@ def _wait_healthy(server: subprocess.Popen, url: str, log: pathlib.Path, timeout
 def _stop(server: subprocess.Popen) -> None:
     """SIGTERM to the server's own process group (its engine workers too), SIGKILL to what is left after
     STOP_GRACE_S."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(server.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            server.wait(timeout=STOP_GRACE_S)
-        except subprocess.TimeoutExpired:
-            continue
-    server.wait()
+    stop_process_group(server, STOP_GRACE_S)
 
 
 def _exit(signum, frame):
