@@ -7,7 +7,9 @@
 // pattern the hardware prefetcher follows at full memory bandwidth. Per row, 16 independent partial sums
 // (one AVX-512 register, or two AVX2 ones, when the compiler vectorises the j loop) hide the add latency;
 // they are summed in a fixed order, so a result does not depend on the thread count.
-#include <torch/extension.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -40,14 +42,14 @@ inline void dot_row(const float* __restrict w, const float* __restrict x, int64_
 
 }  // namespace
 
-torch::Tensor gemv(const torch::Tensor& x, const torch::Tensor& w) {
+at::Tensor gemv(const at::Tensor& x, const at::Tensor& w) {
   TORCH_CHECK(x.dim() == 2 && w.dim() == 2, "gemv: x must be [M, K] and w [N, K], got ", x.sizes(), " and ", w.sizes());
   TORCH_CHECK(x.size(1) == w.size(1), "gemv: x has K=", x.size(1), " but w has K=", w.size(1));
-  TORCH_CHECK(x.scalar_type() == torch::kFloat && w.scalar_type() == torch::kFloat, "gemv: float32 only");
+  TORCH_CHECK(x.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat, "gemv: float32 only");
   TORCH_CHECK(x.device().is_cpu() && w.device().is_cpu(), "gemv: CPU tensors only");
   TORCH_CHECK(x.is_contiguous() && w.is_contiguous(), "gemv: x and w must be contiguous");
   const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
-  auto y = torch::empty({M, N}, x.options());
+  auto y = at::empty({M, N}, x.options());
   const float* xp = x.data_ptr<float>();
   const float* wp = w.data_ptr<float>();
   float* yp = y.data_ptr<float>();
@@ -67,24 +69,27 @@ torch::Tensor gemv(const torch::Tensor& x, const torch::Tensor& w) {
 }
 
 // cpu_gemv_ggml.cpp: the same product reading the GGUF file's own Q4_1 / Q8_0 blocks.
-torch::Tensor gemv_q4_1(const torch::Tensor& x, const torch::Tensor& blocks);
-torch::Tensor gemv_q8_0(const torch::Tensor& x, const torch::Tensor& blocks);
+at::Tensor gemv_q4_1(const at::Tensor& x, const at::Tensor& blocks);
+at::Tensor gemv_q8_0(const at::Tensor& x, const at::Tensor& blocks);
 std::string blocks_simd_path();
 
 // cpu_paged_attention.cpp: paged decode attention reading K/V in place through the block table.
-torch::Tensor paged_decode(const torch::Tensor& query, const torch::Tensor& k_pool, const torch::Tensor& v_pool,
-                           const torch::Tensor& block_tables, const torch::Tensor& context_lens, double scale,
+at::Tensor paged_decode(const at::Tensor& query, const at::Tensor& k_pool, const at::Tensor& v_pool,
+                           const at::Tensor& block_tables, const at::Tensor& context_lens, double scale,
                            int64_t num_splits);
 int64_t paged_decode_splits(int64_t batch, int64_t max_context);
 std::string attention_simd_path();
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("gemv", &gemv, "y = x @ w.T: x [M, K], w [N, K], float32 on the CPU");
-  m.def("gemv_q4_1", &gemv_q4_1, "y = x @ W.T, W as GGML Q4_1 blocks [N, K/32*20] uint8; x [M, K] float32");
-  m.def("gemv_q8_0", &gemv_q8_0, "y = x @ W.T, W as GGML Q8_0 blocks [N, K/32*34] uint8; x [M, K] float32");
-  m.def("blocks_simd_path", &blocks_simd_path, "the vector code this build's block kernels use: avx512, avx2, plain");
-  m.def("paged_decode", &paged_decode, "paged decode attention: query [B, Hq, D], pools [blocks, block_size, Hkv, D], "
-        "block_tables [B, max_blocks], context_lens [B], scale, num_splits (0: chosen) -> [B, Hq, D]");
-  m.def("paged_decode_splits", &paged_decode_splits, "the splits paged_decode chooses for (batch, longest context)");
-  m.def("attention_simd_path", &attention_simd_path, "the vector code this build's attention uses: avx512, avx2, plain");
+// Registered as torch operators, torch.ops.<build name>.<op> (kernels/cpu_gemv.py loads them): torch/library.h
+// compiles in ~8 s where pybind's torch/extension.h takes ~48 s on 2 cores, in every build of every variant.
+TORCH_LIBRARY(TORCH_EXTENSION_NAME, m) {
+  m.def("gemv", &gemv);                    // y = x @ w.T: x [M, K], w [N, K], float32 on the CPU
+  m.def("gemv_q4_1", &gemv_q4_1);          // y = x @ W.T, W as GGML Q4_1 blocks [N, K/32*20] uint8; x [M, K] float32
+  m.def("gemv_q8_0", &gemv_q8_0);          // y = x @ W.T, W as GGML Q8_0 blocks [N, K/32*34] uint8; x [M, K] float32
+  m.def("blocks_simd_path", &blocks_simd_path);  // the vector code this build's block kernels use: avx512, avx2, plain
+  // paged decode attention: query [B, Hq, D], pools [blocks, block_size, Hkv, D], block_tables [B, max_blocks],
+  // context_lens [B], scale, num_splits (0: chosen) -> [B, Hq, D]
+  m.def("paged_decode", &paged_decode);
+  m.def("paged_decode_splits", &paged_decode_splits);  // the splits paged_decode chooses for (batch, longest context)
+  m.def("attention_simd_path", &attention_simd_path);  // the vector code this build's attention uses
 }

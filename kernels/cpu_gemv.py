@@ -15,8 +15,8 @@ bytes than float32 for SmolLM2; on 2 cores it is then limited by the unpacking, 
 The same extension holds the paged decode attention kernel for the CPU (cpu_paged_attention.cpp; its wrapper,
 reference and bytes are in cpu_paged_attention.py): one build, one switch, one fallback.
 
-It is compiled with torch.utils.cpp_extension (a C++ compiler and ninja; about a minute on 2 cores (56 s measured), once, then cached
-under TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions): by `make install` (build_for_install),
+It is compiled with torch.utils.cpp_extension (a C++ compiler and ninja; about 30 s on 2 cores, once — 105 s while every
+source included torch/extension.h; now only ATen's headers and torch/library.h — then cached under TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions): by `make install` (build_for_install),
 or else on first use. Whenever it compiles it says so first and prints the time after; loading a build already
 cached prints nothing. Where it cannot be built, `load_gemv` warns once and returns None, and callers fall back
 to F.linear. KVLAB_CPU_GEMV=0 switches it off.
@@ -66,7 +66,7 @@ def _build_name(flags: list[str]) -> str:
     return f"kvlab_cpu_gemv_{hashlib.sha1(key).hexdigest()[:10]}"
 
 
-BUILDING = "building kvlab's C++ CPU kernel (about a minute on 2 cores, once)…"
+BUILDING = "building kvlab's C++ CPU kernel (about 30 s on 2 cores, once)…"
 
 
 def built_library(name: str) -> pathlib.Path:
@@ -98,15 +98,16 @@ def build_gemv(extra_flags: tuple[str, ...] = ()):
     try:
         # copies: torch appends its own library paths to extra_ldflags in place, which changed LINK_FLAGS, so every
         # later build got a new name and compiled again (the instruction-set variants twice in one test run)
-        module = cpp_extension.load(name, [str(s) for s in SOURCES], extra_cflags=list(flags),
-                                    extra_ldflags=list(LINK_FLAGS), verbose=False)
+        # is_python_module=False: the library registers torch operators (TORCH_LIBRARY in cpu_gemv.cpp), no pybind
+        cpp_extension.load(name, [str(s) for s in SOURCES], extra_cflags=list(flags), extra_ldflags=list(LINK_FLAGS),
+                           is_python_module=False, verbose=False)
     except BaseException:
         if compiling:
             print("failed", flush=True)
         raise
     if compiling:
         print(f"built in {time.perf_counter() - started:.0f} s", flush=True)
-    return module
+    return getattr(torch.ops, name)  # the operators the library registered: .gemv, .gemv_q4_1, .paged_decode, …
 
 
 def load_gemv():

@@ -101,9 +101,12 @@ def test_spec_lab_draws_accepted_and_rejected_drafts_and_reruns_with_the_control
             time.sleep(0.3)
         time.sleep(0.5)  # the values reach the kernel before the click
         widget.locator("button.kvlab-spec-run").click()
-        again = _wait(page, "the self-draft's run", lambda s: "self drafts, k=2" in s["status"], CHANGE_TIMEOUT_S)
+        # the status and the plot reach the page as separate messages: wait for both (a plot that never redraws
+        # fails here, naming what the page still shows)
+        again = _wait(page, "the self-draft's run and its redrawn drafts plot",
+                      lambda s: "self drafts, k=2" in s["status"] and s["cells"] and s["cells"] != first["cells"],
+                      CHANGE_TIMEOUT_S)
         assert "same tokens as plain greedy: True" in again["status"], again
-        assert again["cells"] != first["cells"], "the drafts plot did not redraw"
         screenshot_widget(page, widget, ARTIFACTS / "spec_lab_self.png")
 
         tokens = widget.locator(".kvlab-spec-tokens input")

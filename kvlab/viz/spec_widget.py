@@ -73,13 +73,13 @@ class SpecLab:
         self.speedup = decode_tok_s(result) / decode_tok_s(plain)
         same = result.token_ids == plain.token_ids
         stats = result.speculation
-        self.status.value = html.escape(
-            f"{prompt} ({kind}): {stats.summary()} · decode {decode_tok_s(result):.1f} tok/s against plain "
-            f"{decode_tok_s(plain):.1f} tok/s = {self.speedup:.2f}× · same tokens as plain greedy: {same}")
         self._hold(lambda: setattr(self.slider, "max", len(result.steps) - 1))
         self._hold(lambda: setattr(self.slider, "value", len(result.steps) - 1))
         self.step_button.disabled = self.slider.disabled = False
         self.show_step(len(result.steps) - 1)
+        self.status.value = html.escape(  # last: a finished status means the plots were sent
+            f"{prompt} ({kind}): {stats.summary()} · decode {decode_tok_s(result):.1f} tok/s against plain "
+            f"{decode_tok_s(plain):.1f} tok/s = {self.speedup:.2f}× · same tokens as plain greedy: {same}")
         return result
 
     def step(self) -> int:
