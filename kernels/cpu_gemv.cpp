@@ -13,6 +13,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <string>
 
 namespace {
 
@@ -80,6 +81,15 @@ at::Tensor paged_decode(const at::Tensor& query, const at::Tensor& k_pool, const
 int64_t paged_decode_splits(int64_t batch, int64_t max_context);
 std::string attention_simd_path();
 
+// cpu_decode_layer.cpp: one decoder layer of a decode step in one call (the products and the attention above).
+at::Tensor decode_layer(const at::Tensor& x, const at::Tensor& attn_norm, const at::Tensor& wqkv,
+                        const std::string& wqkv_format, const at::Tensor& wo, const std::string& wo_format,
+                        const at::Tensor& ffn_norm, const at::Tensor& w_gate_up, const std::string& gate_up_format,
+                        const at::Tensor& w_down, const std::string& down_format, const at::Tensor& k_pool,
+                        const at::Tensor& v_pool, const at::Tensor& block_tables, const at::Tensor& context_lens,
+                        const at::Tensor& slots, const at::Tensor& cos, const at::Tensor& sin, int64_t num_heads,
+                        int64_t num_kv_heads, double eps, double scale);
+
 // Registered as torch operators, torch.ops.<build name>.<op> (kernels/cpu_gemv.py loads them): torch/library.h
 // compiles in ~8 s where pybind's torch/extension.h takes ~48 s on 2 cores, in every build of every variant.
 TORCH_LIBRARY(TORCH_EXTENSION_NAME, m) {
@@ -92,4 +102,7 @@ TORCH_LIBRARY(TORCH_EXTENSION_NAME, m) {
   m.def("paged_decode", &paged_decode);
   m.def("paged_decode_splits", &paged_decode_splits);  // the splits paged_decode chooses for (batch, longest context)
   m.def("attention_simd_path", &attention_simd_path);  // the vector code this build's attention uses
+  // a decode step's decoder layer: x [B, hidden], the layer's weights with their formats, the pools, tables, context
+  // lengths and slots of the new tokens, the RoPE rows -> the new x [B, hidden] (cpu_decode_layer.py)
+  m.def("decode_layer", &decode_layer);
 }

@@ -33,7 +33,7 @@ import warnings
 import torch
 
 SOURCES = [pathlib.Path(__file__).with_name(name)
-           for name in ("cpu_gemv.cpp", "cpu_gemv_ggml.cpp", "cpu_paged_attention.cpp")]
+           for name in ("cpu_gemv.cpp", "cpu_gemv_ggml.cpp", "cpu_paged_attention.cpp", "cpu_decode_layer.cpp")]
 _loaded: dict[str, object] = {}
 
 

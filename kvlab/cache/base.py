@@ -47,6 +47,17 @@ class Step:
         return self.positions.shape[1]
 
 
+@dataclass
+class DecodeView:
+    """A decode step's K/V as pools that a kernel reads through block tables and writes through slots, for every
+    layer at once (kernels/cpu_decode_layer: the fused CPU decode)."""
+    k_pools: list[torch.Tensor]  # per layer [num_blocks, block_size, Hkv, D] float32
+    v_pools: list[torch.Tensor]
+    block_tables: torch.Tensor  # [B, max_blocks] int32
+    context_lens: torch.Tensor  # [B] int32, tokens each sequence attends over, its new one included
+    slots: torch.Tensor  # [B] int64, block id · block_size + offset of each sequence's new token
+
+
 class KVCache:
     """Base class: sequence bookkeeping shared by all layouts. Subclasses store and read K/V."""
 
@@ -136,6 +147,12 @@ class KVCache:
     def attend(self, layer: int, q: torch.Tensor) -> torch.Tensor:
         """q: [B, T, heads, head_dim] → attention output [B, T, heads, head_dim]."""
         raise NotImplementedError
+
+    def decode_view(self) -> DecodeView | None:
+        """The current step's pools for a kernel that stores and attends by itself, or None: this layout's own
+        write() and attend() must run (the default; a layout offers a view only for decode steps — one new token
+        a sequence — over float32 CPU pools, where storing and reading are all its write() and attend() do)."""
+        return None
 
     def _reserve(self, seq_id: int, max_tokens: int) -> None:
         pass

@@ -9,7 +9,7 @@ from collections import deque
 import torch
 
 from .attention import attend_masked
-from .base import KVCache, Step
+from .base import DecodeView, KVCache, Step
 
 
 class ContiguousCache(KVCache):
@@ -33,6 +33,7 @@ class ContiguousCache(KVCache):
         self._write_cols: torch.Tensor | None = None  # [N] its position
         self._span = 0  # positions attention reads: the longest sequence after this step
         self._single: tuple[int, int, int] | None = None  # a one-sequence step: (row, first new position, count)
+        self._view: DecodeView | None = None  # decode_view() of the current step, made on first use
 
     can_rollback = True
 
@@ -68,6 +69,7 @@ class ContiguousCache(KVCache):
             raise ValueError(f"sequence {too_long[0][0]} would hold {too_long[0][1]} tokens, over max_len={self.max_len}")
         rows = [self.row_of[s] for s in step.seq_ids]
         self._span = int(step.kv_lens.max())
+        self._view = None
         if len(rows) == 1:  # one sequence: plain slices, no index tensors (batch-1 decode is this path)
             self._single = (rows[0], self.lengths[step.seq_ids[0]], step.new_len)  # row, first new position, count
             return
@@ -95,6 +97,18 @@ class ContiguousCache(KVCache):
             k = self.k[layer][self._rows, : self._span]  # [B, span, Hkv, D]
             v = self.v[layer][self._rows, : self._span]
         return attend_masked(q, k, v, self.current_step.attention_mask(self._span))
+
+    def decode_view(self) -> DecodeView | None:
+        """Each row is a block of max_len tokens: a sequence's table is its row, its slot row · max_len + position."""
+        step = self.current_step
+        if (step.new_len != 1 or self.dtype != torch.float32 or self.device.type != "cpu"
+                or type(self).write is not ContiguousCache.write or type(self).attend is not ContiguousCache.attend):
+            return None
+        if self._view is None:
+            rows = torch.tensor([self.row_of[s] for s in step.seq_ids], dtype=torch.int64)  # [B]
+            self._view = DecodeView(self.k, self.v, rows[:, None].to(torch.int32), step.kv_lens.to(torch.int32),
+                                    rows * self.max_len + step.positions[:, 0])
+        return self._view
 
     def reserved_bytes(self) -> int:
         return 2 * sum(t.numel() * t.element_size() for t in self.k)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from .attention import attend_masked
-from .base import KVCache, Step
+from .base import DecodeView, KVCache, Step
 from .block_allocator import BlockAllocator, blocks_for
 
 BACKENDS = ("torch", "triton", "cpu")
@@ -238,6 +238,14 @@ class PagedCache(KVCache):
             return out.unsqueeze(1)
         k, v = self.gather(layer)
         return attend_masked(q, k, v, step.attention_mask(k.shape[1]))
+
+    def decode_view(self) -> DecodeView | None:
+        """The pools, tables and slots as they are, where the C++ kernel reads them in place (backend "cpu")."""
+        step = self.current_step
+        if (self.backend != "cpu" or step.new_len != 1 or self.dtype != torch.float32
+                or type(self).write is not PagedCache.write or type(self).attend is not PagedCache.attend):
+            return None
+        return DecodeView(self.k_pools, self.v_pools, self._table, self._kv_lens, self._slots[:, 0])
 
     def gather(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Each sequence's K and V in logical order: two [B, max_blocks · block_size, kv_heads, head_dim]."""

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import LlamaConfig
-from .projection import Projection
+from .projection import GEMV_MAX_ROWS, Projection
 
 
 @dataclass
@@ -61,6 +61,27 @@ class LlamaModel:
         self.final_norm = final_norm  # [hidden]
         self.lm_head = lm_head  # [vocab, hidden] (when tied, a Projection sharing the embedding's memory)
         self.cos, self.sin = rope_tables(config, embed.device)
+        self.fused_decode = self.can_fuse_decode  # the default where it can: see fused_decode
+
+    @property
+    def can_fuse_decode(self) -> bool:
+        """Every weight streams through the compiled CPU kernels (float32 on a CPU, the kernel built)."""
+        return all(p.streams_on_cpu for p in self.projections())
+
+    @property
+    def fused_decode(self) -> bool:
+        """True: a CPU decode step (one new token a sequence, up to GEMV_MAX_ROWS sequences, over a cache that
+        offers a decode_view) runs each layer as one C++ call (kvlab.kernels.cpu_decode_layer), the default where
+        the kernels are built. False: the readable Python forward below, the reference it is tested against (bit
+        for bit on the paged caches; over a contiguous cache, within attention's summation order). Same tokens."""
+        return self._fused_decode
+
+    @fused_decode.setter
+    def fused_decode(self, value: bool) -> None:
+        if value and not self.can_fuse_decode:
+            raise ValueError("fused_decode=True needs every weight on kvlab's compiled CPU kernels; this model has not "
+                             "(loaded on CUDA, in another dtype, or the kernel did not build)")
+        self._fused_decode = bool(value)
 
     @property
     def device(self) -> torch.device:
@@ -131,6 +152,10 @@ class LlamaModel:
         assert step is not None, "call cache.begin_step(...) before forward"
         batch, new_len = input_ids.shape
         assert step.positions.shape == (batch, new_len)
+        if self._fused_decode and new_len == 1 and batch <= GEMV_MAX_ROWS and not all_positions:
+            view = cache.decode_view()
+            if view is not None:
+                return self._fused_decode_step(input_ids, view, step.positions[:, 0])
         cos = self.cos[step.positions].unsqueeze(2)  # [B, T, 1, D]
         sin = self.sin[step.positions].unsqueeze(2)
         q_size, kv_size = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
@@ -155,3 +180,15 @@ class LlamaModel:
             last_index = step.q_lens - 1
         x_last = x[torch.arange(batch, device=x.device), last_index]  # [B, hidden]
         return self.lm_head(rms_norm(x_last, self.final_norm, cfg.rms_eps)).float()  # [B, vocab]
+
+    def _fused_decode_step(self, input_ids: torch.Tensor, view, positions: torch.Tensor) -> torch.Tensor:
+        """forward() for one new token a sequence, a layer a C++ call that stores its K/V and attends by itself."""
+        from kvlab.kernels.cpu_decode_layer import decode_layer
+
+        cfg = self.config
+        x = F.embedding(input_ids[:, 0], self.embed)  # [B, hidden]
+        cos, sin = self.cos[positions], self.sin[positions]  # [B, D]
+        for index, layer in enumerate(self.layers):
+            x = decode_layer(x, layer, view.k_pools[index], view.v_pools[index], view.block_tables,
+                             view.context_lens, view.slots, cos, sin, cfg.num_heads, cfg.rms_eps)
+        return self.lm_head(rms_norm(x, self.final_norm, cfg.rms_eps)).float()  # [B, vocab]
