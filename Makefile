@@ -24,7 +24,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # kvlab's C++ CPU kernel (kernels/cpu_gemv.py), compiled here once and visibly, not silently in the first load_model().
-$(KERNEL_STAMP): $(STAMP) kernels/cpu_gemv.py kernels/cpu_gemv.cpp kernels/cpu_gemv_ggml.cpp kernels/cpu_paged_attention.cpp
+$(KERNEL_STAMP): $(STAMP) kernels/cpu_gemv.py kernels/cpu_gemv.cpp kernels/cpu_gemv_ggml.cpp kernels/cpu_paged_attention.cpp \
+		kernels/cpu_decode_layer.cpp
 	$(BIN)/python -c "from kvlab.kernels.cpu_gemv import build_for_install; build_for_install()"
 	touch $(KERNEL_STAMP)
 
@@ -62,6 +63,13 @@ PYTHON_GPU ?= $(BIN)/python
 .PHONY: gpu-check
 gpu-check: $(if $(NO_INSTALL),,install)
 	env -u KVLAB_DEVICE $(PYTHON_GPU) -m kvlab.bench.gpu_check $(GPU_CHECK_ARGS)
+
+# llama-cpp-python for `python -m kvlab.bench versus-llamacpp` (kvlab's decode vs llama.cpp's, same GGUF file).
+# pip builds llama.cpp from source: about 10 minutes on 2 cores. Not part of make test or make lab.
+.PHONY: bench-deps
+bench-deps: install
+	$(BIN)/python -m pip install --disable-pip-version-check -e ".[bench]"
+	$(BIN)/python -c "import llama_cpp; print('llama-cpp-python', llama_cpp.__version__)"
 
 # The executed notebooks as a static site in site/ (open site/index.html): no kernel, figures still interactive.
 .PHONY: docs

@@ -15,9 +15,10 @@
 // microseconds of Python and dispatch around a few nanoseconds of arithmetic on one token's 576 numbers; at
 // batch 1 on a CPU those add up to more than the matrix products themselves. Here they are one call: the
 // products are the same kernels (cpu_gemv.cpp, cpu_gemv_ggml.cpp) and the attention the same paged kernel
-// (cpu_paged_attention.cpp), called directly; RMSNorm and SiLU are ATen's own operators (the Python forward's);
-// RoPE, the residual adds and the cache write are plain loops computing what the torch operations compute, in
-// the same order, rounded the same way (no fused multiply-add here: this file is compiled with fp-contract off).
+// (cpu_paged_attention.cpp), called directly; RMSNorm is rms_norm below, which the Python forward calls too on a
+// CPU; SiLU is ATen's own operator; RoPE, the residual adds and the cache write are plain loops computing what the
+// torch operations compute, in the same order, rounded the same way (no fused multiply-add here: this file is
+// compiled with fp-contract off).
 // So the result is bit for bit the Python forward's wherever that forward attends with the same paged kernel
 // (the paged caches on a CPU); over a contiguous cache the Python forward attends with SDPA instead, and the
 // two differ by attention's summation order only.
@@ -26,9 +27,11 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/clone.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/rms_norm.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/Parallel.h>
 #include <ATen/ops/silu.h>
 
+#include <cmath>
 #include <cstring>
 #include <string>
 
@@ -40,6 +43,24 @@ at::Tensor paged_decode(const at::Tensor& query, const at::Tensor& k_pool, const
                         int64_t num_splits);
 
 namespace {
+
+constexpr int64_t kNormLanes = 16;  // partial sums of squares per row, added in a fixed order
+
+// y = w · (x / sqrt(mean(x²) + eps)) for one row of n values (F.rms_norm's formula, in float32). The sum of squares
+// runs in kNormLanes partial sums, so it does not depend on the thread count (ATen's own order is not reproducible).
+void rms_norm_row(const float* __restrict x, const float* __restrict w, float* __restrict y, int64_t n, float eps) {
+  float partial[kNormLanes] = {};
+  int64_t i = 0;
+  for (; i + kNormLanes <= n; i += kNormLanes) {
+#pragma omp simd
+    for (int64_t j = 0; j < kNormLanes; ++j) partial[j] += x[i + j] * x[i + j];
+  }
+  float sum = 0.f;
+  for (; i < n; ++i) sum += x[i] * x[i];
+  for (int64_t j = 0; j < kNormLanes; ++j) sum += partial[j];
+  const float inverse = 1.f / std::sqrt(sum / static_cast<float>(n) + eps);
+  for (int64_t k = 0; k < n; ++k) y[k] = (x[k] * inverse) * w[k];
+}
 
 // y [B, out] = x [B, in] · Wᵀ, W stored as `format` says.
 at::Tensor project(const at::Tensor& x, const at::Tensor& weight, const std::string& format) {
@@ -101,6 +122,24 @@ void check_inputs(const at::Tensor& x, const at::Tensor& k_pool, const at::Tenso
 
 }  // namespace
 
+// RMSNorm over the last dimension: x [..., n] float32 contiguous, weight [n] → [..., n]. Rows in parallel.
+// Bytes: reads x and the weight, writes x's size.
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  TORCH_CHECK(x.dim() >= 1 && x.scalar_type() == at::kFloat && x.is_contiguous() && x.device().is_cpu(),
+              "rms_norm: x must be a contiguous float32 CPU tensor, got ", x.scalar_type(), " ", x.sizes());
+  const int64_t n = x.size(-1);
+  TORCH_CHECK(weight.dim() == 1 && weight.size(0) == n && weight.scalar_type() == at::kFloat &&
+                  weight.is_contiguous(), "rms_norm: weight must be float32 [", n, "], got ", weight.sizes());
+  at::Tensor y = at::empty_like(x);
+  const int64_t rows = n ? x.numel() / n : 0;
+  const float *xp = x.data_ptr<float>(), *wp = weight.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) rms_norm_row(xp + r * n, wp, yp + r * n, n, static_cast<float>(eps));
+  });
+  return y;
+}
+
 at::Tensor decode_layer(const at::Tensor& x, const at::Tensor& attn_norm, const at::Tensor& wqkv,
                         const std::string& wqkv_format, const at::Tensor& wo, const std::string& wo_format,
                         const at::Tensor& ffn_norm, const at::Tensor& w_gate_up, const std::string& gate_up_format,
@@ -109,11 +148,11 @@ at::Tensor decode_layer(const at::Tensor& x, const at::Tensor& attn_norm, const 
                         const at::Tensor& slots, const at::Tensor& cos, const at::Tensor& sin, int64_t num_heads,
                         int64_t num_kv_heads, double eps, double scale) {
   check_inputs(x, k_pool, v_pool, block_tables, context_lens, slots, cos, sin, num_heads, num_kv_heads);
-  const int64_t B = x.size(0), hidden = x.size(1), D = k_pool.size(3);
+  const int64_t B = x.size(0), D = k_pool.size(3);
   const int64_t q_size = num_heads * D, kv_size = num_kv_heads * D;
 
   at::Tensor out = x.clone();  // [B, hidden], the residual stream leaving the layer (x itself is left as it is)
-  const at::Tensor h = at::rms_norm(x, {hidden}, attn_norm, eps);  // [B, hidden]
+  const at::Tensor h = rms_norm(x, attn_norm, eps);  // [B, hidden]
   const at::Tensor qkv = project(h, wqkv, wqkv_format);            // [B, q_size + 2 · kv_size]
   TORCH_CHECK(qkv.size(1) == q_size + 2 * kv_size, "decode_layer: wqkv gives ", qkv.size(1), " values a token, ",
               "not ", q_size + 2 * kv_size);
@@ -132,7 +171,7 @@ at::Tensor decode_layer(const at::Tensor& x, const at::Tensor& attn_norm, const 
   const at::Tensor attn = paged_decode(q, k_pool, v_pool, block_tables, context_lens, scale, 0);  // [B, Hq, D]
   add_into(out, project(attn.view({B, q_size}), wo, wo_format));
 
-  const at::Tensor h2 = at::rms_norm(out, {hidden}, ffn_norm, eps);
+  const at::Tensor h2 = rms_norm(out, ffn_norm, eps);
   const at::Tensor gate_up = project(h2, w_gate_up, gate_up_format);  // [B, 2 · ffn]
   const int64_t ffn = gate_up.size(1) / 2;
   const at::Tensor act = at::silu(gate_up.narrow(1, 0, ffn)).contiguous();  // [B, ffn]

@@ -89,6 +89,7 @@ at::Tensor decode_layer(const at::Tensor& x, const at::Tensor& attn_norm, const 
                         const at::Tensor& v_pool, const at::Tensor& block_tables, const at::Tensor& context_lens,
                         const at::Tensor& slots, const at::Tensor& cos, const at::Tensor& sin, int64_t num_heads,
                         int64_t num_kv_heads, double eps, double scale);
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
 
 // Registered as torch operators, torch.ops.<build name>.<op> (kernels/cpu_gemv.py loads them): torch/library.h
 // compiles in ~8 s where pybind's torch/extension.h takes ~48 s on 2 cores, in every build of every variant.
@@ -105,4 +106,5 @@ TORCH_LIBRARY(TORCH_EXTENSION_NAME, m) {
   // a decode step's decoder layer: x [B, hidden], the layer's weights with their formats, the pools, tables, context
   // lengths and slots of the new tokens, the RoPE rows -> the new x [B, hidden] (cpu_decode_layer.py)
   m.def("decode_layer", &decode_layer);
+  m.def("rms_norm", &rms_norm);  // x [..., n] float32, weight [n], eps -> [..., n]: the CPU forward's RMSNorm
 }

@@ -27,7 +27,8 @@ CONTIGUOUS_LOGIT_BOUND = 1e-3  # float32 logits of magnitude ~10-30; attention's
 def random_blocks(rows: int, cols: int, block_format: str, g: torch.Generator) -> torch.Tensor:
     """Valid GGML blocks [rows, cols / 32 · bytes]: small random fp16 scales (and Q4_1 minimums), random codes."""
     count = rows * cols // 32
-    scales = (torch.rand(count, 1, generator=g) * 0.02 + 0.001).half().view(torch.uint8)  # [count, 2]
+    top = 0.002 if block_format == "Q8_0" else 0.02  # weights within about ±0.25, as a trained layer's are
+    scales = (torch.rand(count, 1, generator=g) * top + top / 20).half().view(torch.uint8)  # [count, 2]
     if block_format == "Q8_0":
         codes = torch.randint(-127, 128, (count, 32), generator=g, dtype=torch.int8).view(torch.uint8)
         return torch.cat([scales, codes], dim=1).reshape(rows, -1)
@@ -220,3 +221,16 @@ def test_fused_decode_cannot_be_switched_on_where_the_weights_are_not_on_the_ker
         model.fused_decode = True
     model.fused_decode = False
     assert model.fused_decode is False
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 7), (2, 5, 576), (2048, 96), (4, 1000)])
+def test_cpu_rms_norm_matches_torch_on_odd_shapes(shape):
+    g = torch.Generator().manual_seed(len(shape))
+    x, weight = torch.randn(*shape, generator=g) * 3, torch.randn(shape[-1], generator=g)
+    got = cpu_decode_layer.load_gemv().rms_norm(x, weight, 1e-5)
+    torch.testing.assert_close(got, torch.nn.functional.rms_norm(x, weight.shape, weight, 1e-5), rtol=2e-6, atol=2e-6)
+
+
+def test_cpu_rms_norm_names_a_weight_of_the_wrong_size():
+    with pytest.raises(RuntimeError, match=r"weight must be float32 \[8\], got \[7\]"):
+        cpu_decode_layer.load_gemv().rms_norm(torch.ones(2, 8), torch.ones(7), 1e-5)

@@ -3,6 +3,8 @@
   decode      paged decode attention: GB/s vs measured copy bandwidth, vs torch SDPA (JSON → benchmarks/results/)
   versus-hf   kvlab batch-1 decode tokens/s vs HF transformers generate (CPU), identical tokens, fraction of the
               bandwidth bound (JSON → benchmarks/results/)
+  versus-llamacpp  kvlab decode tokens/s at batch 1, 4, 16 vs llama.cpp on the same GGUF file (CPU; needs
+              llama-cpp-python: make bench-deps), fraction of the bandwidth bound (JSON → benchmarks/results/)
   load        cold (GGUF) and warm (cached) model load times
   copy        measured copy bandwidth of the device
   gemv        one decode step's matrix-vector products on the real weights: F.linear vs kvlab's CPU kernel
@@ -37,14 +39,16 @@ import torch
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m kvlab.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["decode", "versus-hf", "load", "copy", "gemv", "roofs", "roofline", "gqa", "prefix", "quant",
-                                            "serve", "offload", "spec"])
+    parser.add_argument("command", choices=["decode", "versus-hf", "versus-llamacpp", "load", "copy", "gemv", "roofs",
+                                            "roofline", "gqa", "prefix", "quant", "serve", "offload", "spec"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--tokens", type=int, help="new tokens per generation (default: versus-hf 64, prefix 16)")
+    parser.add_argument("--tokens", type=int,
+                        help="new tokens per generation (default: versus-hf and versus-llamacpp 64, prefix 16)")
     parser.add_argument("--requests", type=int, default=16, help="prefix: chatbot requests (2 to 20)")
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, help="timed runs (default: versus-llamacpp 5, the others 3)")
     parser.add_argument("--prompt", default="The history of the printing press")
-    parser.add_argument("--batches", type=int, nargs="+", help="decode, roofline: batch sizes (default by device)")
+    parser.add_argument("--batches", type=int, nargs="+",
+                        help="decode, roofline, versus-llamacpp: batch sizes (default by device; versus-llamacpp: 1 4 16)")
     parser.add_argument("--contexts", type=int, nargs="+", help="decode, roofline: context lengths (default by device)")
     parser.add_argument("--prompt-len", type=int, help="roofline: prefill length (default: 128 CPU, 1024 GPU)")
     parser.add_argument("--context", type=int, help="gqa: context length (default: 2048 CPU, 16384 GPU)")
@@ -57,9 +61,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--small", action="store_true",
                         help="serve, offload, spec: the CPU sizes (a few minutes) on any device")
     parser.add_argument("--no-save", action="store_true",
-                        help="decode, prefix, quant, versus-hf, roofline, gqa, serve, offload, spec: print only, "
-                             "write no JSON")
+                        help="decode, prefix, quant, versus-hf, versus-llamacpp, roofline, gqa, serve, offload, spec: "
+                             "print only, write no JSON")
     args = parser.parse_args(argv)
+    if args.runs is None:
+        args.runs = 5 if args.command == "versus-llamacpp" else 3
 
     import kvlab
     from .roofs import device_label, measure_copy_bandwidth
@@ -154,6 +160,9 @@ def main(argv: list[str] | None = None) -> None:
         if not args.no_save:
             print("saved", save_result(args.command, report))
         return
+    if args.command == "versus-llamacpp":
+        versus_llamacpp(args, parser)
+        return
     if args.command == "gemv":
         from . import gemv
 
@@ -194,6 +203,28 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit("versus-hf FAILED: kvlab's tokens differ from HF's (see above)")
         return
     print(json.dumps(report, indent=2))
+
+
+def versus_llamacpp(args, parser) -> None:
+    import kvlab
+    from .llamacpp_engine import import_llama_cpp
+    from .results import save_result
+    from .roofs import device_label
+    from .versus_llamacpp import compare_with_llamacpp, print_comparison
+
+    if args.device != "cpu":
+        parser.error("versus-llamacpp compares CPU decode")
+    try:
+        import_llama_cpp()
+    except ModuleNotFoundError as error:
+        raise SystemExit(f"versus-llamacpp: {error}") from None
+    model, tokenizer = kvlab.load_model(device="cpu")
+    report = {"device": device_label("cpu"), "date": time.strftime("%Y-%m-%d")}
+    report.update(compare_with_llamacpp(model, tokenizer, args.prompt, 64 if args.tokens is None else args.tokens,
+                                        args.runs, args.batches or (1, 4, 16)))
+    print_comparison(report)
+    if not args.no_save:
+        print("saved", save_result("versus_llamacpp", report))
 
 
 if __name__ == "__main__":

@@ -32,7 +32,9 @@ CONTEXTS = None  # decode-attention contexts; None: [128, 512, 2048] on a CPU, [
 PROMPT_LEN = None  # prefill length; None: 128 on a CPU, 1024 on a GPU
 NEW_TOKENS = 8  # decode steps per generation in the batch sweep
 COMPARE_WITH_HF = True  # CPU only: kvlab's batch-1 decode vs HF transformers generate, same process (~1 min)
-HF_TOKENS = 32  # tokens per generation in that comparison
+HF_TOKENS = 32  # tokens per generation in that comparison and in the llama.cpp one
+COMPARE_WITH_LLAMACPP = True  # CPU only: kvlab vs llama.cpp at batch 1, 4, 16 (~30 s) where llama-cpp-python is
+# installed (`make bench-deps`); without it, the recorded result
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -189,6 +191,43 @@ else:
     model.decode_reads_blocks = model.can_read_blocks  # back to kvlab's CPU default for the comparison
     versus = compare_with_hf(model, tokenizer, "The history of the printing press", new_tokens=HF_TOKENS, runs=3)
     print_comparison(versus)
+
+# %% [markdown]
+# HF transformers is a low bar on a CPU. The engine people actually run GGUF files with is **llama.cpp**. Same file,
+# same prompt token ids, now at batch 1, 4 and 16, runs alternating: llama.cpp's own batched decode (one
+# `llama_decode` of B tokens a step, each sequence its own `seq_id`), kvlab's fused C++ decode (one C++ call a layer,
+# `model.fused_decode = True`, its CPU default) and kvlab's readable Python forward (`False`), both of kvlab's
+# reading the blocks. Tokens are compared with the Python forward's, which are HF's:
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+from kvlab.bench.llamacpp_engine import llama_cpp_available
+from kvlab.bench.roofs import device_label
+from kvlab.bench.versus_llamacpp import compare_with_llamacpp, recorded_comparisons
+from kvlab.bench.versus_llamacpp import print_comparison as print_llamacpp_comparison
+
+if not gpu and COMPARE_WITH_LLAMACPP and llama_cpp_available():
+    print(f"MEASURED LIVE on {device_label(device)}, now:")
+    print_llamacpp_comparison(compare_with_llamacpp(model, tokenizer, "The history of the printing press",
+                                                    new_tokens=HF_TOKENS, runs=3, batches=(1, 4, 16)))
+else:
+    recorded = recorded_comparisons("../benchmarks/results")
+    if not recorded:
+        print("no recorded llama.cpp result yet: python -m kvlab.bench versus-llamacpp")
+    for r in recorded:
+        print(f"RECORDED {r['date']} on {r['device']} (not measured now; `make bench-deps` installs llama-cpp-python "
+              "to measure it live):")
+        print_llamacpp_comparison(r)
+
+# %% [markdown]
+# **Same blocks, different arithmetic.** llama.cpp quantizes the *activations* too, to 8 bits (blocks of 32 with a
+# scale), and multiplies integers: a 4-bit weight block against an 8-bit activation block is a few fused integer
+# dot-product instructions, and no float weight is ever formed. Each step runs as a graph of fused operations.
+# kvlab rebuilds the exact float32 weights from the same blocks in registers and keeps the activations in float32,
+# so its greedy tokens are HF's, token for token; llama.cpp's may drift (the last column says after how many). The
+# price is arithmetic: an unpack and a float multiply-add per weight, where one integer instruction does four times
+# as many 8-bit products. Read the *of bound* column: the further an engine sits below its bandwidth bound, the more
+# its arithmetic, not its reading, is the limit.
 
 # %% [markdown]
 # ## 8 · Recorded on a GPU
