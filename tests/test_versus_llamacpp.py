@@ -106,6 +106,9 @@ def test_report_rows_ratios_bounds_and_json_with_a_fake_llama(model, tokenizer, 
     for r in report["ratios"]:
         expected = rows[ratio_engine, r["batch"]]["decode_tok_s"] / rows[LLAMACPP, r["batch"]]["decode_tok_s"]
         assert r["kvlab_over_llamacpp"] == pytest.approx(expected)
+        kvlab_runs, llama_runs = rows[ratio_engine, r["batch"]]["runs_tok_s"], rows[LLAMACPP, r["batch"]]["runs_tok_s"]
+        assert r["paired_runs"] == pytest.approx([a / b for a, b in zip(kvlab_runs, llama_runs)])
+        assert min(r["paired_runs"]) <= r["paired_median"] <= max(r["paired_runs"])
     assert (KVLAB_FUSED in report["not_measured"]) == (not model.can_fuse_decode) and report["notes"] == []
     saved = save_result("versus_llamacpp", {"device": "CPU (x86_64, 2 threads)", **report}, tmp_path)
     assert saved.name == "versus_llamacpp_cpu-x86-64-2-threads.json"

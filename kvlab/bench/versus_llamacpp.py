@@ -56,6 +56,14 @@ def _row(name: str, batch: int, runs_tok_s: list[float], bytes_per_step: float, 
             "tokens_identical": tokens == reference, "identical_before_first_difference": _first_difference(tokens, reference)}
 
 
+def paired_ratio(kvlab_runs: list[float], llama_runs: list[float], batch: int) -> dict:
+    """kvlab / llama.cpp as the ratio of the medians, and run by run: run k of each engine ran back to back, so
+    their ratio cancels most of what a noisy neighbour does to both."""
+    paired = [a / b for a, b in zip(kvlab_runs, llama_runs)]
+    return {"batch": batch, "kvlab_over_llamacpp": statistics.median(kvlab_runs) / statistics.median(llama_runs),
+            "paired_runs": paired, "paired_median": statistics.median(paired)}
+
+
 def _check_arguments(new_tokens: int, runs: int, batches) -> list[int]:
     if new_tokens < 2:
         raise ValueError(f"new_tokens must be ≥ 2 (decode starts after the first token), got {new_tokens}")
@@ -120,8 +128,7 @@ def compare_with_llamacpp(model, tokenizer, prompt: str, new_tokens: int = 64, r
     rows = [_row(name, batch, rates[name, batch], step_bytes[name, batch], bandwidth, tokens[name, batch],
                  tokens[KVLAB_PYTHON, batch]) for batch in batches for name in names]
     ratio_engine = KVLAB_FUSED if KVLAB_FUSED in kvlab else KVLAB_PYTHON
-    rate = {(r["engine"], r["batch"]): r["decode_tok_s"] for r in rows}
-    ratios = [{"batch": b, "kvlab_over_llamacpp": rate[ratio_engine, b] / rate[LLAMACPP, b]} for b in batches if llama]
+    ratios = [paired_ratio(rates[ratio_engine, b], rates[LLAMACPP, b], b) for b in batches if llama]
     return {"prompt_tokens": len(ids), "new_tokens": new_tokens, "runs": runs, "batches": batches,
             "threads": torch.get_num_threads(), "llama_cpp_threads": threads,
             "llama_cpp_version": getattr(llama, "version", None), "llama_cpp_context": CONTEXT_SETTINGS,
@@ -150,6 +157,9 @@ def print_comparison(report: dict) -> None:
     if report["ratios"]:
         print(f"  {report['ratio_engine']} / llama.cpp: "
               + ", ".join(f"{r['kvlab_over_llamacpp']:.2f}× at batch {r['batch']}" for r in report["ratios"]))
+        print("  run by run (each pair back to back): " + ", ".join(
+            f"batch {r['batch']} median {r['paired_median']:.2f}× [{min(r['paired_runs']):.2f}–{max(r['paired_runs']):.2f}]"
+            for r in report["ratios"] if "paired_runs" in r))
     for name, why in report["not_measured"].items():
         print(f"  not measured: {name} — {why}")
     for note in report.get("notes", []):
