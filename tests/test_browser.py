@@ -60,7 +60,7 @@ def _pool_state(page) -> dict:
     return page.evaluate(
         """(sel) => {
             const w = document.querySelector(sel);
-            const text = (q) => { const e = w.querySelector(q); return e ? e.innerText.trim() : null; };
+            const text = (q) => { const e = w.querySelector(q); return e ? e.textContent.trim() : null; };
             const plot = w.querySelector('.js-plotly-plot');
             const svg = [...plot.querySelectorAll('svg')].map(s => s.textContent).join(' | ');
             const data = JSON.stringify((plot.data || []).map(t => [t.z, t.text, t.marker && t.marker.color, t.x, t.y]));

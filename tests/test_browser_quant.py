@@ -65,7 +65,7 @@ def _lab_state(page) -> dict:
             const w = document.querySelector(sel);
             if (!w) return {status: null, message: null, memory: null, perplexity: null, texts: null, plots: 0,
                             heatmap: null, heatmap_titles: []};
-            const text = (q) => { const e = w.querySelector(q); return e ? e.innerText.trim() : null; };
+            const text = (q) => { const e = w.querySelector(q); return e ? e.textContent.trim() : null; };
             const plots = [...w.querySelectorAll('.js-plotly-plot')];
             const heat = plots.find(p => (p.data || []).some(t => t.type === 'heatmap'));
             return {

@@ -59,7 +59,7 @@ def _card(key: str) -> str:
 
 
 def _text(page, selector: str) -> str:
-    return page.evaluate("(s) => { const e = document.querySelector(s); return e ? e.innerText.trim() : ''; }",
+    return page.evaluate("(s) => { const e = document.querySelector(s); return e ? e.textContent.trim() : ''; }",
                          selector)
 
 

@@ -81,7 +81,7 @@ def _lab_state(page) -> dict:
             for (const t of (plots[0] && plots[0].data) || []) {
                 traces[t.name] = {n: (t.x || []).length, text: (t.text || []).map(String), x: [...(t.x || [])].map(Number)};
             }
-            return {message: m ? m.innerText.trim() : null, readouts, plots: plots.length, traces};
+            return {message: m ? m.textContent.trim() : null, readouts, plots: plots.length, traces};
         }""", [WIDGET, MESSAGE])
 
 

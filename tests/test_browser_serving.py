@@ -80,7 +80,7 @@ def _lab_state(page) -> dict:
         """([widget, gantt, pool, label, message, slider]) => {
             const w = document.querySelector(widget);
             if (!w) return {found: false};
-            const text = (sel) => { const e = w.querySelector(sel); return e ? e.innerText.trim() : null; };
+            const text = (sel) => { const e = w.querySelector(sel); return e ? e.textContent.trim() : null; };
             const readout = w.querySelector(slider + ' .widget-readout');
             const g = document.querySelector(gantt), p = document.querySelector(pool);
             const now = g && g.layout ? (g.layout.shapes || []).filter(s => s.name === 'now').map(s => s.x0) : [];

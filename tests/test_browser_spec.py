@@ -55,7 +55,9 @@ def _state(page) -> dict:
     return page.evaluate(
         """([drafts, status, message]) => {
             const d = document.querySelector(drafts);
-            const text = (sel) => { const e = document.querySelector(sel); return e ? e.innerText.trim() : ''; };
+            // textContent, not innerText: JupyterLab skips laying out cells scrolled out of view (content-visibility),
+            // and innerText of an element without layout is '' (seen once in make test, after run-all scrolled away)
+            const text = (sel) => { const e = document.querySelector(sel); return e ? e.textContent.trim() : ''; };
             const cells = {};
             for (const t of (d && d._fullData) || []) cells[t.name] = (t.x || []).length;
             return {status: text(status), message: text(message), cells};
