@@ -66,8 +66,7 @@ void rms_norm_row(const float* __restrict x, const float* __restrict w, float* _
 at::Tensor project(const at::Tensor& x, const at::Tensor& weight, const std::string& format) {
   if (format == "Q4_1") return gemv_q4_1(x, weight);
   if (format == "Q8_0") return gemv_q8_0(x, weight);
-  TORCH_CHECK_VALUE(format == "F32", "decode_layer: weight format '", format, "' is not F32, Q4_1 or Q8_0");
-  return gemv(x, weight);
+  return gemv(x, weight);  // "F32": decode_layer checked every format first
 }
 
 // x [B, hidden] ← x + y, elementwise (what torch's x + y computes).
@@ -91,10 +90,23 @@ void rope(const float* in, float* out, int64_t heads, int64_t D, const float* co
   }
 }
 
+void check_format(const std::string& format) {
+  TORCH_CHECK_VALUE(format == "F32" || format == "Q4_1" || format == "Q8_0", "decode_layer: weight format '",
+                    format, "' is not F32, Q4_1 or Q8_0");
+}
+
+// y [B, columns] came out of a product: its width must be what the layer adds it to (else add_into reads past it)
+void check_width(const at::Tensor& y, int64_t columns, const char* what) {
+  TORCH_CHECK_VALUE(y.size(1) == columns, "decode_layer: ", what, " gives ", y.size(1), " values a token, not ",
+                    columns);
+}
+
 void check_inputs(const at::Tensor& x, const at::Tensor& k_pool, const at::Tensor& v_pool,
                   const at::Tensor& block_tables, const at::Tensor& context_lens, const at::Tensor& slots,
                   const at::Tensor& cos, const at::Tensor& sin, int64_t num_heads, int64_t num_kv_heads) {
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous() && x.device().is_cpu(),
+  for (const at::Tensor* t : {&x, &k_pool, &v_pool, &block_tables, &context_lens, &slots, &cos, &sin})
+    TORCH_CHECK(t->device().is_cpu(), "decode_layer: every tensor must be on the CPU, got one on ", t->device());
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(),
               "decode_layer: x must be a contiguous float32 CPU tensor [B, hidden], got ", x.sizes());
   const int64_t B = x.size(0);
   TORCH_CHECK(k_pool.dim() == 4 && k_pool.sizes() == v_pool.sizes() && k_pool.is_contiguous() &&
@@ -102,9 +114,10 @@ void check_inputs(const at::Tensor& x, const at::Tensor& k_pool, const at::Tenso
               "decode_layer: pools must be contiguous float32 [num_blocks, block_size, Hkv, D], got ",
               k_pool.sizes(), " and ", v_pool.sizes());
   const int64_t D = k_pool.size(3);
-  TORCH_CHECK_VALUE(k_pool.size(2) == num_kv_heads && num_heads % num_kv_heads == 0 && D % 2 == 0,
+  TORCH_CHECK_VALUE(num_kv_heads > 0 && k_pool.size(2) == num_kv_heads && num_heads % num_kv_heads == 0 &&
+                        D % 2 == 0 && num_heads * D == x.size(1),
                     "decode_layer: ", num_heads, " query heads and ", num_kv_heads, " KV heads of ", D,
-                    " do not fit pools of ", k_pool.size(2), " heads of ", D);
+                    " do not fit pools of ", k_pool.size(2), " heads of ", D, " and x of ", x.size(1));
   TORCH_CHECK(slots.dim() == 1 && slots.size(0) == B && slots.scalar_type() == at::kLong && slots.is_contiguous(),
               "decode_layer: slots must be int64 [", B, "], got ", slots.sizes());
   TORCH_CHECK(block_tables.size(0) == B && context_lens.size(0) == B,
@@ -129,7 +142,8 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
               "rms_norm: x must be a contiguous float32 CPU tensor, got ", x.scalar_type(), " ", x.sizes());
   const int64_t n = x.size(-1);
   TORCH_CHECK(weight.dim() == 1 && weight.size(0) == n && weight.scalar_type() == at::kFloat &&
-                  weight.is_contiguous(), "rms_norm: weight must be float32 [", n, "], got ", weight.sizes());
+                  weight.is_contiguous() && weight.device().is_cpu(),
+              "rms_norm: weight must be float32 [", n, "] on the CPU, got ", weight.sizes());
   at::Tensor y = at::empty_like(x);
   const int64_t rows = n ? x.numel() / n : 0;
   const float *xp = x.data_ptr<float>(), *wp = weight.data_ptr<float>();
@@ -148,14 +162,14 @@ at::Tensor decode_layer(const at::Tensor& x, const at::Tensor& attn_norm, const 
                         const at::Tensor& slots, const at::Tensor& cos, const at::Tensor& sin, int64_t num_heads,
                         int64_t num_kv_heads, double eps, double scale) {
   check_inputs(x, k_pool, v_pool, block_tables, context_lens, slots, cos, sin, num_heads, num_kv_heads);
+  for (const std::string* format : {&wqkv_format, &wo_format, &gate_up_format, &down_format}) check_format(*format);
   const int64_t B = x.size(0), D = k_pool.size(3);
   const int64_t q_size = num_heads * D, kv_size = num_kv_heads * D;
 
   at::Tensor out = x.clone();  // [B, hidden], the residual stream leaving the layer (x itself is left as it is)
   const at::Tensor h = rms_norm(x, attn_norm, eps);  // [B, hidden]
   const at::Tensor qkv = project(h, wqkv, wqkv_format);            // [B, q_size + 2 · kv_size]
-  TORCH_CHECK(qkv.size(1) == q_size + 2 * kv_size, "decode_layer: wqkv gives ", qkv.size(1), " values a token, ",
-              "not ", q_size + 2 * kv_size);
+  check_width(qkv, q_size + 2 * kv_size, "wqkv");
   at::Tensor q = at::empty({B, num_heads, D}, x.options());  // [B, Hq, D] after RoPE
   float* k_slots = k_pool.data_ptr<float>();  // the pools as [num_blocks · block_size, Hkv, D]
   float* v_slots = v_pool.data_ptr<float>();
@@ -169,17 +183,22 @@ at::Tensor decode_layer(const at::Tensor& x, const at::Tensor& attn_norm, const 
     std::memcpy(v_slots + sp[b] * kv_size, row + q_size + kv_size, kv_size * sizeof(float));
   }
   const at::Tensor attn = paged_decode(q, k_pool, v_pool, block_tables, context_lens, scale, 0);  // [B, Hq, D]
-  add_into(out, project(attn.view({B, q_size}), wo, wo_format));
+  const at::Tensor attn_out = project(attn.view({B, q_size}), wo, wo_format);  // [B, hidden]
+  check_width(attn_out, out.size(1), "wo");
+  add_into(out, attn_out);
 
   const at::Tensor h2 = rms_norm(out, ffn_norm, eps);
   const at::Tensor gate_up = project(h2, w_gate_up, gate_up_format);  // [B, 2 · ffn]
   const int64_t ffn = gate_up.size(1) / 2;
+  check_width(gate_up, 2 * ffn, "w_gate_up (an even width: gate, then up)");
   const at::Tensor act = at::silu(gate_up.narrow(1, 0, ffn)).contiguous();  // [B, ffn]
   float* ap = act.data_ptr<float>();
   const float* gp = gate_up.data_ptr<float>();
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t i = 0; i < ffn; ++i) ap[b * ffn + i] *= gp[b * 2 * ffn + ffn + i];  // SiLU(g) · u
   }
-  add_into(out, project(act, w_down, down_format));
+  const at::Tensor down = project(act, w_down, down_format);  // [B, hidden]
+  check_width(down, out.size(1), "w_down");
+  add_into(out, down);
   return out;
 }

@@ -5,7 +5,8 @@ Why: a batch-1 SmolLM2 step on 2 cores spent ~9 ms in the 121 matrix products ov
 again around them — 61 RMSNorms, RoPE, slices, cache writes, 30 attention calls, SiLU, adds — each a few
 microseconds of Python and dispatch around a few nanoseconds of arithmetic on one token's numbers.
 cpu_decode_layer.cpp runs a whole layer per call: the same product kernels (cpu_gemv), the same paged attention
-kernel (cpu_paged_attention), ATen's RMSNorm and SiLU, and plain loops for RoPE, the cache write and the adds,
+kernel (cpu_paged_attention), kvlab's C++ RMSNorm (the Python forward's too, on a CPU), ATen's SiLU, and plain
+loops for RoPE, the cache write and the adds,
 computing what the torch operations compute in the same order. Its result is bit for bit the Python forward's
 where that forward attends with the same kernel (the paged caches' "cpu" backend); over a contiguous cache the
 Python forward attends with SDPA, so the two differ there by attention's summation order only

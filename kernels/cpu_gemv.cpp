@@ -105,6 +105,10 @@ TORCH_LIBRARY(TORCH_EXTENSION_NAME, m) {
   m.def("attention_simd_path", &attention_simd_path);  // the vector code this build's attention uses
   // a decode step's decoder layer: x [B, hidden], the layer's weights with their formats, the pools, tables, context
   // lengths and slots of the new tokens, the RoPE rows -> the new x [B, hidden] (cpu_decode_layer.py)
-  m.def("decode_layer", &decode_layer);
+  // The schema says the op writes the pools (a!, b!): the new token's K and V land in them.
+  m.def("decode_layer(Tensor x, Tensor attn_norm, Tensor wqkv, str wqkv_format, Tensor wo, str wo_format, "
+        "Tensor ffn_norm, Tensor w_gate_up, str gate_up_format, Tensor w_down, str down_format, Tensor(a!) k_pool, "
+        "Tensor(b!) v_pool, Tensor block_tables, Tensor context_lens, Tensor slots, Tensor cos, Tensor sin, "
+        "int num_heads, int num_kv_heads, float eps, float scale) -> Tensor", &decode_layer);
   m.def("rms_norm", &rms_norm);  // x [..., n] float32, weight [n], eps -> [..., n]: the CPU forward's RMSNorm
 }

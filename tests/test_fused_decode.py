@@ -80,8 +80,14 @@ def lockstep_logits(model, cache_name: str, prompts: list[list[int]], steps: int
         cache.end_step()
         return logits
 
-    default = model.fused_decode
+    default, real, calls = model.fused_decode, cpu_decode_layer.decode_layer, []
+
+    def counted(*args, **kwargs):
+        calls.append(model.fused_decode)
+        return real(*args, **kwargs)
+
     pairs = []
+    cpu_decode_layer.decode_layer = counted
     try:
         tokens = [list(p) for p in prompts]
         for _ in range(steps + 1):
@@ -89,7 +95,9 @@ def lockstep_logits(model, cache_name: str, prompts: list[list[int]], steps: int
             pairs.append(pair)
             tokens = [[t] for t in pair[0].argmax(-1).tolist()]
     finally:
-        model.fused_decode = default
+        model.fused_decode, cpu_decode_layer.decode_layer = default, real
+    # the fused side ran every decode step as one call a layer, the reference side never: not one path twice
+    assert calls.count(True) >= steps * model.config.num_layers and False not in calls
     return pairs[1:], caches  # the first pair is the prefill, which never takes the fused path
 
 
@@ -113,15 +121,33 @@ def test_fused_decode_over_a_contiguous_cache_stays_within_the_stated_bound(mode
     assert torch.equal(caches[True].v[0], caches[False].v[0])  # V is stored as computed, before any attention
 
 
+def run_both(model, **generate_args) -> dict[bool, list[list[int]]]:
+    """generate()'s tokens with the fused decode and with the Python forward."""
+    outputs, default = {}, model.fused_decode
+    try:
+        for fused in (True, False):
+            model.fused_decode = fused
+            outputs[fused] = generate(model, stop_at_eos=False, **generate_args).token_ids
+    finally:
+        model.fused_decode = default
+    return outputs
+
+
 def test_the_real_model_decodes_the_same_tokens_fused_as_in_python_batch_1_and_4(model, tokenizer):
     prompts = ["The history of the printing press", "Hello", "A list of fruits: apple,", "def fib(n):"]
     for batch in (1, 4):
-        outputs = {}
-        for fused in (True, False):
-            model.fused_decode = fused
-            outputs[fused] = generate(model, tokenizer, prompts[:batch], max_new_tokens=12, stop_at_eos=False).token_ids
-        model.fused_decode = True
+        outputs = run_both(model, tokenizer=tokenizer, prompts=prompts[:batch], max_new_tokens=12, cache="paged")
         assert outputs[True] == outputs[False]
+
+
+def test_forked_samples_prefix_hits_and_self_drafts_decode_the_same_tokens_fused_as_in_python(model, tokenizer):
+    prompt = "The history of the printing press began"
+    forked = run_both(model, tokenizer=tokenizer, prompts=prompt, max_new_tokens=10, cache="prefix", num_samples=2,
+                      temperature=0.8, seed=3)  # copy-on-write of the shared last block, then two sequences
+    assert forked[True] == forked[False]
+    drafted = run_both(model, tokenizer=tokenizer, prompts=prompt, max_new_tokens=12, cache="paged",
+                       speculative="self")  # the draft model decodes fused too; verification runs the Python path
+    assert drafted[True] == drafted[False]
 
 
 # odd shapes: head dims off the vector width, group sizes 1-5, block sizes that split a context unevenly
@@ -163,7 +189,7 @@ def test_decode_layer_matches_its_plain_torch_reference(shape):
     weights = {"attn_norm": layer.attn_norm, "ffn_norm": layer.ffn_norm,
                **{name: cpu_decode_layer.weight_and_format(p) for name, p in
                   [("wqkv", layer.wqkv), ("wo", layer.wo), ("gate_up", layer.w_gate_up), ("down", layer.w_down)]}}
-    pools, k_before = (k_pool.clone(), v_pool.clone()), k_pool.clone()
+    pools, k_before, v_before = (k_pool.clone(), v_pool.clone()), k_pool.clone(), v_pool.clone()
     expected = cpu_decode_layer.decode_layer_reference(x, weights, *pools, tables, context_lens, slots, cos, sin,
                                                        num_heads, 1e-5)
     x_before = x.clone()
@@ -175,7 +201,8 @@ def test_decode_layer_matches_its_plain_torch_reference(shape):
     untouched = torch.ones(num_blocks * block_size, dtype=torch.bool)
     untouched[slots] = False
     rows = num_blocks * block_size
-    assert torch.equal(k_pool.view(rows, -1)[untouched], k_before.view(rows, -1)[untouched])  # nothing else written
+    for pool, before in ((k_pool, k_before), (v_pool, v_before)):  # nothing but the new slots written
+        assert torch.equal(pool.view(rows, -1)[untouched], before.view(rows, -1)[untouched])
     assert torch.equal(x, x_before)  # x itself is left as it was
 
 
@@ -194,12 +221,14 @@ def test_decode_layer_names_an_unknown_weight_format(model):
     cfg, layer = model.config, model.layers[0]
     pools = torch.zeros(1, 4, cfg.num_kv_heads, cfg.head_dim), torch.zeros(1, 4, cfg.num_kv_heads, cfg.head_dim)
     module = cpu_decode_layer.load_gemv()
+    pools_before = pools[0].clone(), pools[1].clone()
     with pytest.raises(ValueError, match="weight format 'Q5_K'"):
         module.decode_layer(torch.zeros(1, cfg.hidden_size), layer.attn_norm, layer.wqkv.weight, "F32",
                             layer.wo.weight, "Q5_K", layer.ffn_norm, layer.w_gate_up.weight, "F32",
                             layer.w_down.weight, "F32", *pools, torch.tensor([[0]], dtype=torch.int32),
                             torch.tensor([1], dtype=torch.int32), torch.tensor([0]), model.cos[:1], model.sin[:1],
                             cfg.num_heads, cfg.num_kv_heads, cfg.rms_eps, 0.125)
+    assert torch.equal(pools[0], pools_before[0]) and torch.equal(pools[1], pools_before[1])  # checked before storing
 
 
 def test_steps_the_fused_path_cannot_take_run_the_python_forward(model, tokenizer, monkeypatch):
@@ -208,6 +237,7 @@ def test_steps_the_fused_path_cannot_take_run_the_python_forward(model, tokenize
     monkeypatch.setattr(cpu_decode_layer, "decode_layer", lambda *a, **k: calls.append(1) or real(*a, **k))
     generate(model, tokenizer, "Hello", max_new_tokens=3, cache="quantized", stop_at_eos=False)  # codes, not floats
     generate(model, tokenizer, "Hello", max_new_tokens=3, cache="paged", backend="torch", stop_at_eos=False)
+    generate(model, tokenizer, ["Hi"] * 17, max_new_tokens=2, cache="paged", stop_at_eos=False)  # over 16 rows
     assert calls == []
     generate(model, tokenizer, "Hello there", max_new_tokens=3, cache="paged", stop_at_eos=False)
     assert len(calls) == 2 * model.config.num_layers  # two decode steps after the prefill
@@ -232,5 +262,17 @@ def test_cpu_rms_norm_matches_torch_on_odd_shapes(shape):
 
 
 def test_cpu_rms_norm_names_a_weight_of_the_wrong_size():
-    with pytest.raises(RuntimeError, match=r"weight must be float32 \[8\], got \[7\]"):
+    with pytest.raises(RuntimeError, match=r"weight must be float32 \[8\] on the CPU, got \[7\]"):
         cpu_decode_layer.load_gemv().rms_norm(torch.ones(2, 8), torch.ones(7), 1e-5)
+
+
+@pytest.mark.parametrize("cache_name", ["contiguous", "paged"])
+def test_a_cache_whose_write_was_replaced_offers_no_decode_view(model, cache_name):
+    cache = make_cache(cache_name, model.config, model.device, model.dtype, max_batch=1, max_len=8)
+    cache.add_sequence(0, 8)
+    cache.begin_step([0], [1], [[5]])
+    assert cache.decode_view() is not None
+    seen = []
+    cache.write = lambda layer, k, v: seen.append(layer)  # a notebook's spy: the fused path would skip it
+    assert cache.decode_view() is None
+    cache.abort_step()

@@ -154,6 +154,12 @@ class KVCache:
         a sequence — over float32 CPU pools, where storing and reading are all its write() and attend() do)."""
         return None
 
+    def _stores_plainly(self, layout: type) -> bool:
+        """write() and attend() are `layout`'s own: no subclass and no instance replaced them (a recording cache,
+        a notebook's spy), so a kernel that stores and attends by itself does all they would."""
+        return (type(self).write is layout.write and type(self).attend is layout.attend
+                and "write" not in vars(self) and "attend" not in vars(self))
+
     def _reserve(self, seq_id: int, max_tokens: int) -> None:
         pass
 

@@ -102,7 +102,7 @@ class ContiguousCache(KVCache):
         """Each row is a block of max_len tokens: a sequence's table is its row, its slot row · max_len + position."""
         step = self.current_step
         if (step.new_len != 1 or self.dtype != torch.float32 or self.device.type != "cpu"
-                or type(self).write is not ContiguousCache.write or type(self).attend is not ContiguousCache.attend):
+                or not self._stores_plainly(ContiguousCache)):
             return None
         if self._view is None:
             rows = torch.tensor([self.row_of[s] for s in step.seq_ids], dtype=torch.int64)  # [B]

@@ -243,7 +243,7 @@ class PagedCache(KVCache):
         """The pools, tables and slots as they are, where the C++ kernel reads them in place (backend "cpu")."""
         step = self.current_step
         if (self.backend != "cpu" or step.new_len != 1 or self.dtype != torch.float32
-                or type(self).write is not PagedCache.write or type(self).attend is not PagedCache.attend):
+                or not self._stores_plainly(PagedCache)):
             return None
         return DecodeView(self.k_pools, self.v_pools, self._table, self._kv_lens, self._slots[:, 0])
 

@@ -20,7 +20,9 @@ def draft_model(model, layers) -> LlamaModel:
     """The target with only `layers` (sorted, distinct indices into model.layers), sharing its weights."""
     layers = check_layers(layers, model.config.num_layers)
     config = replace(model.config, num_layers=len(layers))
-    return LlamaModel(config, model.embed, [model.layers[i] for i in layers], model.final_norm, model.lm_head)
+    draft = LlamaModel(config, model.embed, [model.layers[i] for i in layers], model.final_norm, model.lm_head)
+    draft.fused_decode = model.fused_decode  # the target's decode path, fused or the Python reference
+    return draft
 
 
 def check_layers(layers, num_layers: int) -> tuple[int, ...]:

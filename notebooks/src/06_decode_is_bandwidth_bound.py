@@ -303,5 +303,6 @@ check_number("FLOP per weight byte, batch-1 decode, Q4_1 blocks", answer_4, 2 * 
 # * At batch 1 the bound is bandwidth ÷ weight bytes. An engine gets closer by streaming better: kvlab's kernel
 #   reads the same float32 bytes 2–3× as fast as `F.linear`. Or it reads fewer bytes: the file's 4-/8-bit blocks are
 #   5.6× smaller, and then unpacking them is what limits a CPU. Against HF transformers, on the same tokens,
-#   kvlab decoded 2.4–2.9× as fast on float32 weights and 4.2–4.8× as fast on the blocks. Those are our runs on
-#   a shared 2-core EPYC; the comparison above is this run's.
+#   kvlab decoded ~3× as fast on float32 weights and 6.8–8.2× as fast on the blocks, with each layer of a decode
+#   step one C++ call; against llama.cpp on the same file about as fast at batch 1 (0.9–1.1×) and 1.2–1.9× at
+#   batch 4 and 16. Those are our runs on a shared 2-core EPYC; the comparisons above are this run's.
