@@ -29,9 +29,6 @@ import torch.nn.functional as F
 from .cpu_gemv import dequantize_reference, load_gemv
 from .paged_decode import paged_decode_reference
 
-FORMATS = ("F32", "Q4_1", "Q8_0")  # a weight as a float32 matrix, or as the GGUF file's blocks
-
-
 def available() -> bool:
     """Whether the compiled layer loads here (it is part of the C++ CPU extension: cpu_gemv.load_gemv)."""
     return load_gemv() is not None

@@ -25,12 +25,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..memory import kv_bytes_per_token
+
 INSTALL_HINT = ("llama-cpp-python is not installed. `make bench-deps` (or `pip install -e \".[bench]\"`) installs "
                 "it into .venv: it compiles llama.cpp from source (about 10 min on 2 cores). It is never part of "
                 "`make test`.")
 BATCHED_DECODE_API = ("llama_batch_init", "llama_batch_free", "llama_decode", "llama_get_logits_ith",
                       "llama_get_memory", "llama_memory_clear", "llama_init_from_model", "llama_model_load_from_file")
-KV_BYTES_PER_ELEMENT = 2  # llama.cpp's default K/V type: f16
+KV_DTYPE = "float16"  # llama.cpp's default K/V type: f16
 CONTEXT_SETTINGS = ("llama.cpp's default context parameters (K/V f16, flash attention auto), CPU only, "
                     "n_seq_max = batch, n_threads = n_threads_batch = threads")
 
@@ -65,7 +67,7 @@ def gguf_weight_bytes_per_step(path: str | pathlib.Path) -> int:
 
 def f16_kv_bytes_per_token(config) -> int:
     """K and V of one token of context at f16: 2 · layers · kv_heads · head_dim · 2 B (SmolLM2: 23,040 B)."""
-    return 2 * config.num_layers * config.num_kv_heads * config.head_dim * KV_BYTES_PER_ELEMENT
+    return kv_bytes_per_token(config, KV_DTYPE)
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,14 @@ def load_hf_model():
     return hf_model.eval()
 
 
+def check_run_arguments(new_tokens: int, runs: int) -> None:
+    """What every engine comparison needs: a decode step after the first token, and at least one timed run."""
+    if new_tokens < 2:
+        raise ValueError(f"new_tokens must be ≥ 2 (decode starts after the first token), got {new_tokens}")
+    if runs < 1:
+        raise ValueError(f"runs must be ≥ 1, got {runs}")
+
+
 HF = "HF transformers"
 KVLAB_FLOAT32 = "kvlab, float32 weights"
 KVLAB_BLOCKS = "kvlab, GGUF blocks"
@@ -53,10 +61,7 @@ def compare_with_hf(model, tokenizer, prompt: str, new_tokens: int = 64, runs: i
     """Batch-1 greedy decode tokens/s of HF generate and of kvlab reading the float32 weights (as HF does) and,
     where the model has them, the GGUF file's blocks (kvlab's default on a CPU), runs alternating.
     "ratio" is kvlab's default engine over HF; every engine's tokens must equal HF's."""
-    if new_tokens < 2:
-        raise ValueError(f"new_tokens must be ≥ 2 (decode starts after the first token), got {new_tokens}")
-    if runs < 1:
-        raise ValueError(f"runs must be ≥ 1, got {runs}")
+    check_run_arguments(new_tokens, runs)
     hf_model = hf_model or load_hf_model()
     ids = torch.tensor([tokenizer.encode(prompt)])
     default_reads_blocks = model.decode_reads_blocks

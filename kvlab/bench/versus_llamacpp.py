@@ -23,6 +23,7 @@ from ..engine import generate
 from ..model.projection import GEMV_MAX_ROWS
 from .llamacpp_engine import CONTEXT_SETTINGS, LlamaCppEngine, f16_kv_bytes_per_token, gguf_weight_bytes_per_step
 from .results import RESULTS
+from .versus_hf import check_run_arguments
 from .roofs import device_roofs
 
 LLAMACPP = "llama.cpp"
@@ -65,10 +66,7 @@ def paired_ratio(kvlab_runs: list[float], llama_runs: list[float], batch: int) -
 
 
 def _check_arguments(new_tokens: int, runs: int, batches) -> list[int]:
-    if new_tokens < 2:
-        raise ValueError(f"new_tokens must be ≥ 2 (decode starts after the first token), got {new_tokens}")
-    if runs < 1:
-        raise ValueError(f"runs must be ≥ 1, got {runs}")
+    check_run_arguments(new_tokens, runs)
     batches = list(batches)
     if not batches or any(b < 1 for b in batches):
         raise ValueError(f"every batch must be ≥ 1, got batches={batches}")

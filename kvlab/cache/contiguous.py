@@ -33,7 +33,6 @@ class ContiguousCache(KVCache):
         self._write_cols: torch.Tensor | None = None  # [N] its position
         self._span = 0  # positions attention reads: the longest sequence after this step
         self._single: tuple[int, int, int] | None = None  # a one-sequence step: (row, first new position, count)
-        self._view: DecodeView | None = None  # decode_view() of the current step, made on first use
 
     can_rollback = True
 
@@ -69,7 +68,6 @@ class ContiguousCache(KVCache):
             raise ValueError(f"sequence {too_long[0][0]} would hold {too_long[0][1]} tokens, over max_len={self.max_len}")
         rows = [self.row_of[s] for s in step.seq_ids]
         self._span = int(step.kv_lens.max())
-        self._view = None
         if len(rows) == 1:  # one sequence: plain slices, no index tensors (batch-1 decode is this path)
             self._single = (rows[0], self.lengths[step.seq_ids[0]], step.new_len)  # row, first new position, count
             return
@@ -104,11 +102,9 @@ class ContiguousCache(KVCache):
         if (step.new_len != 1 or self.dtype != torch.float32 or self.device.type != "cpu"
                 or not self._stores_plainly(ContiguousCache)):
             return None
-        if self._view is None:
-            rows = torch.tensor([self.row_of[s] for s in step.seq_ids], dtype=torch.int64)  # [B]
-            self._view = DecodeView(self.k, self.v, rows[:, None].to(torch.int32), step.kv_lens.to(torch.int32),
-                                    rows * self.max_len + step.positions[:, 0])
-        return self._view
+        rows = torch.tensor([self.row_of[s] for s in step.seq_ids], dtype=torch.int64)  # [B]
+        return DecodeView(self.k, self.v, rows[:, None].to(torch.int32), step.kv_lens.to(torch.int32),
+                          rows * self.max_len + step.positions[:, 0])
 
     def reserved_bytes(self) -> int:
         return 2 * sum(t.numel() * t.element_size() for t in self.k)
