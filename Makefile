@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 
 # kvlab's C++ CPU kernel (kernels/cpu_gemv.py), compiled here once and visibly, not silently in the first load_model().
 $(KERNEL_STAMP): $(STAMP) kernels/cpu_gemv.py kernels/cpu_gemv.cpp kernels/cpu_gemv_ggml.cpp kernels/cpu_paged_attention.cpp \
-		kernels/cpu_decode_layer.cpp
+		kernels/cpu_decode_layer.cpp kernels/cpu_kernels.h
 	$(BIN)/python -c "from kvlab.kernels.cpu_gemv import build_for_install; build_for_install()"
 	touch $(KERNEL_STAMP)
 

@@ -35,12 +35,7 @@
 #include <cstring>
 #include <string>
 
-at::Tensor gemv(const at::Tensor& x, const at::Tensor& w);
-at::Tensor gemv_q4_1(const at::Tensor& x, const at::Tensor& blocks);
-at::Tensor gemv_q8_0(const at::Tensor& x, const at::Tensor& blocks);
-at::Tensor paged_decode(const at::Tensor& query, const at::Tensor& k_pool, const at::Tensor& v_pool,
-                        const at::Tensor& block_tables, const at::Tensor& context_lens, double scale,
-                        int64_t num_splits);
+#include "cpu_kernels.h"
 
 namespace {
 

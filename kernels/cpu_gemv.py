@@ -34,6 +34,7 @@ import torch
 
 SOURCES = [pathlib.Path(__file__).with_name(name)
            for name in ("cpu_gemv.cpp", "cpu_gemv_ggml.cpp", "cpu_paged_attention.cpp", "cpu_decode_layer.cpp")]
+HEADERS = [pathlib.Path(__file__).with_name("cpu_kernels.h")]  # every source includes it: part of the build too
 _loaded: dict[str, object] = {}
 
 
@@ -62,7 +63,7 @@ def _build_name(flags: list[str]) -> str:
     cpu = ""
     if pathlib.Path("/proc/cpuinfo").is_file():
         cpu = next((line for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
-    key = b"".join(s.read_bytes() for s in SOURCES) + " ".join(flags + LINK_FLAGS + [cpu, platform.machine()]).encode()
+    key = b"".join(s.read_bytes() for s in SOURCES + HEADERS) + " ".join(flags + LINK_FLAGS + [cpu, platform.machine()]).encode()
     return f"kvlab_cpu_gemv_{hashlib.sha1(key).hexdigest()[:10]}"
 
 
@@ -79,7 +80,7 @@ def built_library(name: str) -> pathlib.Path:
 def needs_compiling(name: str) -> bool:
     """No build of `name` yet, or one older than a source (ninja would compile again)."""
     library = built_library(name)
-    return not library.is_file() or library.stat().st_mtime < max(s.stat().st_mtime for s in SOURCES)
+    return not library.is_file() or library.stat().st_mtime < max(s.stat().st_mtime for s in SOURCES + HEADERS)
 
 
 def build_gemv(extra_flags: tuple[str, ...] = ()):

@@ -22,6 +22,8 @@
 
 #include <algorithm>
 #include <cstring>
+
+#include "cpu_kernels.h"
 #if defined(__AVX2__) || defined(__F16C__)
 #include <immintrin.h>
 #endif

@@ -33,6 +33,8 @@
 #include <limits>
 #include <type_traits>
 #include <vector>
+
+#include "cpu_kernels.h"
 #if defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
